@@ -1,0 +1,174 @@
+"""The merged model's card (``README.md``), recipe (``lwmm_recipe.yaml``) and weight plot.
+
+The card is rendered with huggingface_hub's ``ModelCard.from_template`` from ``model_cards/lwmm_merge.md``
+and records everything needed to reproduce the merge: sources at resolved revisions, per-layer weights,
+the recipe, the weights' sha256 and the exact command.
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from hf_lwmm.align import TensorStatus, alignment_counts
+from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+    from hf_lwmm.merge import MergeResult
+
+PLOT_NAME = "lwmm_weights.png"
+CARD_NAME = "README.md"
+TEMPLATE_NAME = "lwmm_merge.md"
+_MAX_ALIGNMENT_LINES = 20
+
+
+def source_records(result: "MergeResult") -> list[dict[str, Any]]:
+    """One record per source: reference as given, resolved commit, role, label count, model type."""
+    return [
+        {
+            "ref": str(model.ref),
+            "commit": model.commit,
+            "role": "anchor" if index == result.anchor else "source",
+            "num_labels": model.num_labels,
+            "model_type": model.model_type,
+        }
+        for index, model in enumerate(result.models)
+    ]
+
+
+def recipe_document(result: "MergeResult") -> dict[str, Any]:
+    """Content of ``lwmm_recipe.yaml``: the recipe, the resolved sources and the output hashes."""
+    from hf_lwmm import __version__
+
+    return {
+        "lwmm_version": __version__,
+        "recipe": result.recipe.to_dict(),
+        "sources": source_records(result),
+        "weights_sha256": dict(result.sha256),
+    }
+
+
+def reproduce_command(recipe: MergeRecipe, result: "MergeResult") -> str:
+    """A complete ``lwmm-hub merge`` command, with Hub sources pinned at their resolved commits."""
+    pinned = [str(model.ref.pinned(model.commit)) for model in result.models]
+    words = ["lwmm-hub", "merge", *pinned, "--anchor", pinned[result.anchor], "--method", recipe.method]
+    if recipe.method == "layerwise":
+        words += ["--alpha", repr(recipe.effective_alpha), "--start-layer", str(result.method_parameters["start_layer"]),
+                  "--schedule", recipe.schedule]
+    if recipe.weights is not None:
+        words += ["--weights", ",".join(repr(w) for w in recipe.weights)]
+    words += ["--bn-stats", recipe.bn_stats]
+    if recipe.dtype:
+        words += ["--dtype", recipe.dtype]
+    if recipe.max_shard_size != MergeRecipe.max_shard_size:
+        words += ["--max-shard-size", recipe.max_shard_size]
+    if recipe.allow_pickle:
+        words.append("--allow-pickle")
+    return shlex.join([*words, "--output", result.output_dir.name])
+
+
+def plot_layer_weights(result: "MergeResult", path: Path) -> None:
+    """Each model's weight per shared layer, the anchor highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = result.layer_weights
+    figure, axis = plt.subplots(figsize=(max(6.0, len(layers) * 0.12), 3.2), dpi=120)
+    for index, label in enumerate(result.alignment.labels):
+        is_anchor = index == result.anchor
+        axis.plot([row.index for row in layers], [row.weights[index] for row in layers],
+                  linewidth=2.2 if is_anchor else 1.0, label=f"{label} (anchor)" if is_anchor else label)
+    start = result.method_parameters.get("start_layer")
+    if isinstance(start, int):
+        axis.axvline(start, color="grey", linestyle=":", linewidth=1, label=f"start layer {start}")
+    axis.set_xlabel("shared layer (shallow → deep)")
+    axis.set_ylabel("weight")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(f"{result.recipe.method} merge: weight per layer")
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _alignment_details(result: "MergeResult") -> dict[str, Any]:
+    counts = alignment_counts(result.alignment)
+    labels = result.alignment.labels
+    details = []
+    for tensor in result.alignment.tensors.values():
+        if tensor.status is TensorStatus.SHAPE_MISMATCH:
+            shapes = ", ".join(f"{list(shape)} in [{i}]" for i, shape in tensor.shapes.items())
+            details.append(f"`{tensor.key}`: shapes differ ({shapes}) → anchor's")
+        elif tensor.status is TensorStatus.PARTIAL:
+            owners = ", ".join(f"[{i}]" for i in tensor.names)
+            fate = "anchor's" if result.anchor in tensor.names else "dropped"
+            details.append(f"`{tensor.key}`: only in {owners} → {fate}")
+    if len(details) > _MAX_ALIGNMENT_LINES:
+        details = details[:_MAX_ALIGNMENT_LINES] + [f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"]
+    return {
+        "shared": counts[TensorStatus.SHARED.value],
+        "mismatched": counts[TensorStatus.SHAPE_MISMATCH.value],
+        "partial": counts[TensorStatus.PARTIAL.value],
+        "details": details,
+    }
+
+
+def build_card(result: "MergeResult") -> "ModelCard":
+    """Render the card; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from hf_lwmm import __version__
+    from hf_lwmm.methods import METHODS
+
+    sources = source_records(result)
+    hub_ids = list(dict.fromkeys(model.ref.repo_id for model in result.models if not model.ref.is_local))
+    model_types = {source["model_type"] for source in sources if source["model_type"]}
+    metadata: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-segmentation",
+        "tags": ["merge", "lwmm", f"lwmm-{result.recipe.method}", "image-segmentation", "semantic-segmentation", *sorted(model_types)],
+        "lwmm_sources": [{key: value for key, value in source.items() if value is not None} for source in sources],
+    }
+    if hub_ids:
+        metadata.update(base_model=hub_ids, base_model_relation="merge")
+    if result.eval_results:
+        metadata.update(model_name=result.output_dir.name, eval_results=result.eval_results)
+    card_data = ModelCardData(**metadata)
+    template = resources.files("hf_lwmm.model_cards").joinpath(TEMPLATE_NAME).read_text()
+    recipe_yaml = yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True).rstrip()
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=result.output_dir.name,
+        repo_hint=result.output_dir.name,
+        tool_version=__version__,
+        method=result.recipe.method,
+        method_summary=METHODS[result.recipe.method].summary,
+        parameters=result.method_parameters,
+        bn_stats=result.recipe.bn_stats,
+        sources=sources,
+        num_layers=len(result.layer_weights),
+        layer_weights=result.layer_weights,
+        alignment=_alignment_details(result),
+        merged_tensors=result.merged_tensors,
+        anchor_tensors=result.anchor_tensors,
+        eval_results=result.eval_results,
+        recipe_yaml=recipe_yaml,
+        sha256=result.sha256,
+        command=reproduce_command(result.recipe, result),
+    )
+
+
+def write_card_files(result: "MergeResult", folder: Path) -> None:
+    """Write ``lwmm_recipe.yaml``, ``lwmm_weights.png`` and ``README.md`` into ``folder``."""
+    (folder / RECIPE_NAME).write_text(yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True))
+    plot_layer_weights(result, folder / PLOT_NAME)
+    build_card(result).save(folder / CARD_NAME)

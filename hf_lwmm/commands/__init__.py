@@ -1,0 +1,1 @@
+"""Sub-commands of ``lwmm-hub``: each module defines ``register(subparsers)`` and sets ``run``."""

@@ -1,0 +1,1 @@
+"""Evaluation beside the merge: mIoU and the runners that produce it."""

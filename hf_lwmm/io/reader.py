@@ -1,0 +1,194 @@
+"""Lazy tensor access to a model's weights, one tensor at a time.
+
+Safetensors files are read with positioned reads (``os.pread``) into fresh buffers instead of a
+memory map: pages of a map stay in the process's resident set until it is closed, so merging M
+models through maps grows peak RSS with M. A fresh buffer is also safe to modify.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hf_lwmm.errors import CorruptWeightsError, LwmmError
+from hf_lwmm.refs import PICKLE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
+
+#: safetensors dtype names and their torch dtypes
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, dtype and shape of a stored tensor, known without reading its data."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: TensorInfo
+    file: Path
+    start: int
+    stop: int
+
+
+class TensorSource:
+    """The tensors of one model, by their names in the files."""
+
+    def __init__(self, label: str, infos: dict[str, TensorInfo]) -> None:
+        self.label = label
+        self.infos = infos
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Return a fresh (writable, not memory-mapped) tensor."""
+        raise NotImplementedError
+
+
+class SafetensorsSource(TensorSource):
+    """One or several safetensors shards, read by positioned reads."""
+
+    def __init__(self, label: str, files: list[Path]) -> None:
+        self._entries: dict[str, _Entry] = {}
+        for file in files:
+            for entry in _read_header(label, file):
+                self._entries[entry.info.name] = entry
+        super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self._entries[name]
+        size = entry.stop - entry.start
+        if size == 0:
+            return torch.empty(entry.info.shape, dtype=entry.info.dtype)
+        buffer = bytearray(size)
+        with open(entry.file, "rb", buffering=0) as handle:
+            read = handle.readinto(memoryview(buffer)) if handle.seek(entry.start) == entry.start else 0
+        if read != size:
+            raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}")
+        return torch.frombuffer(buffer, dtype=entry.info.dtype).reshape(entry.info.shape)
+
+
+class StateDictSource(TensorSource):
+    """Tensors already in memory (pickle checkpoints loaded with ``weights_only=True``)."""
+
+    def __init__(self, label: str, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+        super().__init__(label, {n: TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()})
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name].clone()
+
+
+def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> TensorSource:
+    """Open the weights of a model folder: ``model.safetensors``, a sharded index, or (opt-in) a pickle."""
+    index = folder / SAFETENSORS_INDEX_NAME
+    single = folder / SAFETENSORS_NAME
+    if index.is_file():
+        return SafetensorsSource(label, _shards_of_index(label, index))
+    if single.is_file():
+        return SafetensorsSource(label, [single])
+    others = sorted(folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return SafetensorsSource(label, others)
+    pickles = [folder / name for name in PICKLE_NAMES if (folder / name).is_file()]
+    if pickles:
+        if not allow_pickle:
+            raise LwmmError(
+                f"model {label}: only pickle weights ({pickles[0].name}); convert them to safetensors, "
+                "or pass --allow-pickle to load a local file you trust with torch.load(weights_only=True)"
+            )
+        return _load_pickle(label, folder, pickles[0])
+    raise LwmmError(f"model {label}: no safetensors weights ({SAFETENSORS_NAME} or {SAFETENSORS_INDEX_NAME}) in {folder}")
+
+
+def _shards_of_index(label: str, index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptWeightsError(f"model {label}: unreadable {index.name} ({err.__class__.__name__})") from None
+    shards = [index.parent / name for name in dict.fromkeys(weight_map.values())]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise CorruptWeightsError(f"model {label}: shard {missing[0]} listed in {index.name} is missing")
+    return shards
+
+
+def _read_header(label: str, file: Path) -> list[_Entry]:
+    """Parse and validate a safetensors header so corrupt files fail before anything is written."""
+    where = f"model {label}: {file.name}"
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CorruptWeightsError(f"{where} is not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            raise CorruptWeightsError(f"{where} is truncated or not a safetensors file (header length {header_len})")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptWeightsError(f"{where} has a corrupt header") from None
+    if not isinstance(header, dict):
+        raise CorruptWeightsError(f"{where} has a corrupt header")
+    data_start = 8 + header_len
+    entries = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[meta["dtype"]]
+            shape = tuple(int(dim) for dim in meta["shape"])
+            begin, end = (int(offset) for offset in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CorruptWeightsError(f"{where}: tensor {name!r} has a corrupt header entry") from None
+        info = TensorInfo(name, dtype, shape)
+        if end - begin != info.nbytes or begin < 0:
+            raise CorruptWeightsError(f"{where}: tensor {name!r} has inconsistent offsets")
+        if data_start + end > size:
+            raise CorruptWeightsError(f"{where} is truncated (tensor {name!r} ends past the end of the file)")
+        entries.append(_Entry(info, file, data_start + begin, data_start + end))
+    return entries
+
+
+def _load_pickle(label: str, folder: Path, file: Path) -> TensorSource:
+    files = [file]
+    if file.name.endswith(".index.json"):
+        files = [folder / name for name in dict.fromkeys(json.loads(file.read_text())["weight_map"].values())]
+    tensors: dict[str, torch.Tensor] = {}
+    for part in files:
+        try:
+            state = torch.load(part, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for refused or broken pickles
+            raise LwmmError(f"model {label}: cannot load {part.name} with weights_only=True ({err.__class__.__name__})") from None
+        tensors.update({name: value for name, value in state.items() if isinstance(value, torch.Tensor)})
+    return StateDictSource(label, tensors)

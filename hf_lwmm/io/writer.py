@@ -1,0 +1,128 @@
+"""Streaming safetensors writer: the header is known in advance, so tensors go straight to disk.
+
+Only the tensor being written is ever in memory. Shards and their index follow transformers'
+naming (``model-00001-of-00002.safetensors`` + ``model.safetensors.index.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from hf_lwmm.io.reader import DTYPE_NAMES, TensorInfo
+from hf_lwmm.refs import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: str | int) -> int:
+    """``"5GB"`` → 5·10⁹ bytes, as transformers' ``max_shard_size`` reads it."""
+    if isinstance(size, int):
+        return size
+    match = _SIZE.match(size)
+    if not match:
+        raise ValueError(f"not a size: {size!r} (use e.g. 500MB, 5GB)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+def _header_bytes(infos: list[TensorInfo], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for info in infos:
+        header[info.name] = {"dtype": DTYPE_NAMES[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data on 8 bytes
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _split_into_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[list[TensorInfo]]:
+    shards: list[list[TensorInfo]] = [[]]
+    used = 0
+    for info in infos:
+        if shards[-1] and used + info.nbytes > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(info)
+        used += info.nbytes
+    return shards
+
+
+class ShardedSafetensorsWriter:
+    """Write tensors in a planned order into one or more safetensors files.
+
+    Use as a context manager; call :meth:`write` once per planned tensor, in order.
+    ``sha256`` maps each written file name to the hash of its bytes, computed while writing.
+    """
+
+    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB", metadata: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.metadata = {"format": "pt", **(metadata or {})}
+        shards = _split_into_shards(plan, parse_size(max_shard_size))
+        count = len(shards)
+        names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        self._queue = [(name, shard) for name, shard in zip(names, shards)]
+        self._expected = iter([info for _, shard in self._queue for info in shard])
+        self._shard_left: list[TensorInfo] = []
+        self._handle: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self._weight_map: dict[str, str] = {}
+        self.total_size = sum(info.nbytes for info in plan)
+        self.sha256: dict[str, str] = {}
+
+    def __enter__(self) -> "ShardedSafetensorsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if exc_type is None:
+            self._finish()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = next(self._expected, None)
+        if expected is None or expected.name != name:
+            raise RuntimeError(f"tensor {name!r} written out of the planned order (expected {expected and expected.name!r})")
+        if tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
+            raise RuntimeError(f"tensor {name!r} is {tensor.dtype}{tuple(tensor.shape)}, planned {expected.dtype}{expected.shape}")
+        if not self._shard_left:
+            self._open_next_shard()
+        self._shard_left.pop(0)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._emit(memoryview(data))
+        if not self._shard_left:
+            self._close_shard()
+
+    def _open_next_shard(self) -> None:
+        file_name, shard = self._queue.pop(0)
+        self._file_name = file_name
+        self._shard_left = list(shard)
+        self._handle = open(self.folder / file_name, "wb")
+        self._hash = hashlib.sha256()
+        self._emit(_header_bytes(shard, self.metadata))
+        self._weight_map.update({info.name: file_name for info in shard})
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        assert self._handle is not None
+        self._handle.write(data)
+        self._hash.update(data)
+
+    def _close_shard(self) -> None:
+        assert self._handle is not None
+        self._handle.close()
+        self._handle = None
+        self.sha256[self._file_name] = self._hash.hexdigest()
+
+    def _finish(self) -> None:
+        if next(self._expected, None) is not None or self._queue:
+            raise RuntimeError("writer closed before every planned tensor was written")
+        if len(self.sha256) > 1:
+            index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self._weight_map.items()))}
+            (self.folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")

@@ -1,0 +1,179 @@
+"""Run a merge recipe: resolve → align → plan → merge tensor by tensor → write → card.
+
+Everything is written into a temporary sibling of the output folder, renamed into place only when
+complete, so a failed merge leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_lwmm.align import Alignment, TensorStatus, align
+from hf_lwmm.errors import CorruptWeightsError, LwmmError
+from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, TensorSource, open_weights
+from hf_lwmm.layers import layer_of, order_layers
+from hf_lwmm.methods import METHODS, MergeMethod
+from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
+from hf_lwmm.plan import LayerWeights
+from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME, ResolvedModel, resolve
+
+_RUNNING_VAR = ".running_var"
+_RUNNING_MEAN = ".running_mean"
+
+
+@dataclass
+class MergeResult:
+    """What a merge produced and everything the card and recipe record about it."""
+
+    output_dir: Path
+    recipe: MergeRecipe
+    models: list[ResolvedModel]
+    alignment: Alignment
+    layer_weights: list[LayerWeights]
+    method_parameters: dict[str, object]
+    sha256: dict[str, str]
+    merged_tensors: int = 0
+    anchor_tensors: int = 0
+    files: list[str] = field(default_factory=list)
+    #: model-index results (huggingface_hub ``EvalResult``) recorded in the card
+    eval_results: list = field(default_factory=list)
+
+    @property
+    def anchor(self) -> int:
+        return self.alignment.anchor
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` lets accelerate pick the accelerator (CUDA, MPS, XPU…) or the CPU."""
+    if name == "auto":
+        from accelerate import PartialState
+
+        return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())).device
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LwmmError(f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
+
+
+def prepare_output_dir(output_dir: Path, *, overwrite: bool) -> None:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        if not overwrite:
+            raise LwmmError(f"--output {output_dir}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = False, token: str | bool | None = None,
+          progress: bool = True) -> MergeResult:
+    """Merge the recipe's models into ``output_dir`` (a stock transformers model folder with its card)."""
+    from hf_lwmm.card import write_card_files
+
+    output_dir = Path(output_dir)
+    recipe.validate()
+    prepare_output_dir(output_dir, overwrite=overwrite)
+    method = METHODS[recipe.method](recipe)
+    anchor = recipe.anchor_index
+
+    models = [resolve(ref, token=token) for ref in recipe.refs]
+    sources = [
+        open_weights(model.folder, label=str(model.ref), allow_pickle=recipe.allow_pickle and model.ref.is_local)
+        for model in models
+    ]
+    alignment = align(sources, [model.model_type for model in models], anchor=anchor)
+    layers = order_layers(alignment.shared)
+    layer_weights = method.layer_weights(layers, anchor=anchor)
+    method.prepare(models, alignment)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
+    try:
+        result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={})
+        _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+        _copy_configs(models[anchor].folder, staging, recipe.dtype)
+        write_card_files(result, staging)
+        result.files = sorted(path.name for path in staging.iterdir())
+        _move_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _output_dtype(info: TensorInfo, dtype: str | None) -> torch.dtype:
+    if dtype is None or not info.dtype.is_floating_point:
+        return info.dtype
+    return getattr(torch, dtype)
+
+
+def _write_weights(result: MergeResult, sources: list[TensorSource], method: MergeMethod, folder: Path, *,
+                   device: torch.device, progress: bool) -> None:
+    alignment, recipe = result.alignment, result.recipe
+    anchor_source = sources[alignment.anchor]
+    weights_of_layer = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32) for entry in result.layer_weights}
+    keys = alignment.anchor_keys()
+    plan = []
+    for key in keys:
+        info = anchor_source.infos[alignment.tensors[key].names[alignment.anchor]]
+        plan.append(TensorInfo(info.name, _output_dtype(info, recipe.dtype), info.shape))
+
+    def tensors_of(key: str) -> list[torch.Tensor]:
+        names = alignment.tensors[key].names
+        return [source.get(names[i]).to(device) for i, source in enumerate(sources)]
+
+    bar = tqdm(total=len(keys), desc="merging", unit="tensor", disable=not progress)
+    with bar, ShardedSafetensorsWriter(folder, plan, max_shard_size=recipe.max_shard_size, metadata={"merged_by": "hf_lwmm"}) as writer:
+        for key, out in zip(keys, plan):
+            bar.update()
+            aligned = alignment.tensors[key]
+            weights = weights_of_layer.get(layer_of(key))
+            if aligned.status is not TensorStatus.SHARED or weights is None or not out.dtype.is_floating_point:
+                tensor = anchor_source.get(out.name).to(out.dtype)
+                result.anchor_tensors += 1
+            else:
+                tensor = _merge_one(key, tensors_of, weights.to(device), method, recipe.bn_stats, alignment.anchor)
+                tensor = tensor.to(out.dtype)
+                if not torch.isfinite(tensor).all():
+                    raise CorruptWeightsError(f"merged tensor {out.name!r} has NaN or inf values: check the inputs ({', '.join(alignment.labels)})")
+                result.merged_tensors += 1
+            writer.write(out.name, tensor)
+    result.sha256 = dict(writer.sha256)
+
+
+def _merge_one(key: str, tensors_of, weights: torch.Tensor, method: MergeMethod, bn_stats: str, anchor: int) -> torch.Tensor:
+    """Merge one shared floating tensor; BatchNorm running statistics follow ``bn_stats``."""
+    is_running_stat = key.endswith((_RUNNING_MEAN, _RUNNING_VAR))
+    if is_running_stat and bn_stats == "anchor":
+        return tensors_of(key)[anchor]
+    if is_running_stat:
+        if bn_stats == "gaussian" and key.endswith(_RUNNING_VAR):
+            means = tensors_of(key[: -len(_RUNNING_VAR)] + _RUNNING_MEAN)
+            return gaussian_bn_stats(means, tensors_of(key), weights)[1]
+        return weighted_average(tensors_of(key), weights)
+    return method.merge_tensor(key, tensors_of(key), weights)
+
+
+def _copy_configs(anchor_folder: Path, folder: Path, dtype: str | None) -> None:
+    config = json.loads((anchor_folder / CONFIG_NAME).read_text())
+    if dtype is not None:
+        config["dtype"] = dtype
+        config.pop("torch_dtype", None)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if (anchor_folder / PREPROCESSOR_NAME).is_file():
+        shutil.copyfile(anchor_folder / PREPROCESSOR_NAME, folder / PREPROCESSOR_NAME)
+
+
+def _move_into_place(staging: Path, output_dir: Path) -> None:
+    if output_dir.exists():
+        retired = output_dir.with_name(f".{output_dir.name}.lwmm-old")
+        shutil.rmtree(retired, ignore_errors=True)
+        output_dir.rename(retired)
+        staging.rename(output_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(output_dir)

@@ -1,0 +1,16 @@
+"""Isotropic merging: the uniform mean of every shared tensor (model soup)."""
+
+from __future__ import annotations
+
+from hf_lwmm.methods.base import MergeMethod, register_method
+from hf_lwmm.plan import LayerWeights, constant_weights
+
+
+@register_method
+class IsotropicMerge(MergeMethod):
+    name = "isotropic"
+    summary = "isotropic merging: uniform mean of every shared tensor"
+
+    def layer_weights(self, layers: list[str], *, anchor: int) -> list[LayerWeights]:
+        count = len(self.recipe.models)
+        return constant_weights(layers, [1.0 / count] * count)

@@ -1,0 +1,27 @@
+"""Layer-wise merging: uniform early layers, then weight moving towards the anchor with depth."""
+
+from __future__ import annotations
+
+from hf_lwmm.methods.base import MergeMethod, register_method
+from hf_lwmm.plan import LayerWeights, layerwise_weights, resolve_start_layer
+
+
+@register_method
+class LayerwiseMerge(MergeMethod):
+    name = "layerwise"
+    summary = "layer-wise merging: anchor weight α in early layers, rising linearly to 1 from the start layer"
+
+    def layer_weights(self, layers: list[str], *, anchor: int) -> list[LayerWeights]:
+        self.start = resolve_start_layer(self.recipe.start_layer, layers)
+        self.start_name = layers[self.start]
+        return layerwise_weights(
+            layers,
+            num_models=len(self.recipe.models),
+            anchor=anchor,
+            alpha=self.recipe.effective_alpha,
+            start=self.start,
+            schedule=self.recipe.schedule,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {"alpha": self.recipe.effective_alpha, "start_layer": self.start, "start_layer_name": self.start_name, "schedule": self.recipe.schedule}

@@ -1,0 +1,80 @@
+"""The card and recipe record the merge; sharded streaming output; recipes re-run merges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModelForSemanticSegmentation
+
+from hf_lwmm import MergeRecipe, merge
+from hf_lwmm.cli import main
+from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, open_weights, parse_size
+
+
+def test_card_metadata_parses_and_lists_every_source(tiny_models, tmp_path):
+    result = merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[1])), tmp_path / "out", progress=False)
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
+    assert {"merge", "lwmm", "segformer"} <= set(data["tags"])
+    assert [s["ref"] for s in data["lwmm_sources"]] == [str(m) for m in tiny_models]
+    assert [s["role"] for s in data["lwmm_sources"]] == ["source", "anchor", "source"]
+    assert "base_model" not in data  # local folders are not Hub repos
+    digest = hashlib.sha256((tmp_path / "out" / "model.safetensors").read_bytes()).hexdigest()
+    assert result.sha256 == {"model.safetensors": digest} and digest in card.text
+    assert "arXiv:2409.15813" in card.text and "Multi-target Domain Adaptation" in card.text
+    assert "| 0 | `patch_embeddings.0` | 0.3333 | 0.3333 | 0.3333 |" in card.text
+    assert "lwmm-hub merge" in card.text and "--start-layer 9" in card.text
+    assert (tmp_path / "out" / "lwmm_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_file_reruns_the_merge_and_flags_override(tiny_models, tmp_path, capsys):
+    first = merge(MergeRecipe(models=[str(m) for m in tiny_models], alpha=0.6, start_layer="block.2.0"), tmp_path / "one", progress=False)
+    document = yaml.safe_load((tmp_path / "one" / "lwmm_recipe.yaml").read_text())
+    assert document["recipe"]["alpha"] == 0.6 and document["weights_sha256"] == first.sha256
+    assert [s["ref"] for s in document["sources"]] == [str(m) for m in tiny_models]
+    assert main(["merge", "--recipe", str(tmp_path / "one" / "lwmm_recipe.yaml"), "--output", str(tmp_path / "two")]) == 0
+    again = yaml.safe_load((tmp_path / "two" / "lwmm_recipe.yaml").read_text())
+    assert again["weights_sha256"] == first.sha256
+    assert main(["merge", "--recipe", str(tmp_path / "one" / "lwmm_recipe.yaml"), "--alpha", "0.9", "--output", str(tmp_path / "three")]) == 0
+    changed = yaml.safe_load((tmp_path / "three" / "lwmm_recipe.yaml").read_text())
+    assert changed["recipe"]["alpha"] == 0.9 and changed["weights_sha256"] != first.sha256
+
+
+def test_sharded_output_loads_and_matches_single_file(tiny_models, tmp_path):
+    recipe = MergeRecipe(models=[str(m) for m in tiny_models])
+    merge(recipe, tmp_path / "single", progress=False)
+    recipe.max_shard_size = "10KB"
+    result = merge(recipe, tmp_path / "sharded", progress=False)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 3 and shards == sorted(result.sha256) and shards[0].endswith(f"-of-{len(shards):05d}.safetensors")
+    single = load_file(tmp_path / "single" / "model.safetensors")
+    sharded = {k: v for shard in shards for k, v in load_file(tmp_path / "sharded" / shard).items()}
+    assert single.keys() == sharded.keys() and all(torch.equal(single[k], sharded[k]) for k in single)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in single.values())
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "sharded")
+    torch.testing.assert_close(model.decode_head.classifier.weight.detach(), single["decode_head.classifier.weight"])
+    # a sharded model is also a valid input
+    assert open_weights(tmp_path / "sharded", label="sharded").infos.keys() == single.keys()
+
+
+def test_writer_streams_exact_bytes(tmp_path):
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64),
+               "c": torch.ones(3, dtype=torch.bfloat16), "empty": torch.zeros(0, 4)}
+    plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    with ShardedSafetensorsWriter(tmp_path, plan) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+    loaded = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    source = open_weights(tmp_path, label="x")
+    fresh = source.get("a")
+    fresh += 1  # fresh buffers, not a read-only memory map
+    assert torch.equal(source.get("a"), tensors["a"])
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("10KiB") == 10240
