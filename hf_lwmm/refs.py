@@ -105,7 +105,34 @@ def resolve(ref: ModelRef | str, *, token: str | bool | None = None, local_files
     if not folder.is_dir():
         raise LwmmError(f"model {ref}: subfolder {ref.subfolder!r} holds no config.json or safetensors weights")
     commit = snapshot.name if _COMMIT_SHA.match(snapshot.name) else None
+    if not any(folder.glob("*.safetensors")):
+        raise _missing_weights_error(ref, commit, token=token, may_list=not local_files_only)
     return _checked(ref, folder, commit=commit)
+
+
+def is_repo_id(text: str) -> bool:
+    """``namespace/name`` as the Hub spells repo ids (no revision, no subfolder)."""
+    return bool(_REPO_ID.match(text))
+
+
+def _missing_weights_error(ref: ModelRef, commit: str | None, *, token: str | bool | None, may_list: bool) -> LwmmError:
+    """Why a snapshot has no safetensors: the repo's file list tells whether it only has pickle weights."""
+    from huggingface_hub import HfApi
+
+    prefix = f"{ref.subfolder}/" if ref.subfolder else ""
+    files: list[str] = []
+    if may_list:
+        try:
+            files = HfApi().list_repo_files(ref.repo_id, revision=commit or ref.revision, token=token)
+        except Exception:  # offline or unreachable: report what the snapshot shows
+            pass
+    pickles = [name for name in files if name.startswith(prefix) and "/" not in name[len(prefix):]
+               and name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    if pickles:
+        return LwmmError(f"model {ref}: the repo has only pickle weights ({pickles[0]}), which are never downloaded; "
+                         "convert them to safetensors (from_pretrained + save_pretrained, then push) and merge that revision")
+    where = f" under {ref.subfolder}/" if ref.subfolder else ""
+    return LwmmError(f"model {ref}: the repo has no safetensors weights{where}")
 
 
 def _download(ref: ModelRef, *, token: str | bool | None, local_files_only: bool | None) -> Path:

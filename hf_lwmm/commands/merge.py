@@ -13,6 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--recipe", type=Path, help="run the merge described by a recipe file (flags override it)")
     add_recipe_arguments(parser)
+    from hf_lwmm.commands.push import add_push_options
+
+    add_push_options(parser, with_repo_flag=True)
     parser.set_defaults(run=run)
 
 
@@ -35,6 +38,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-shard-size", help="largest output weights file (default: 5GB)")
     group.add_argument("--allow-pickle", action="store_true", default=None,
                        help="load local pytorch_model.bin files with torch.load(weights_only=True)")
+    group.add_argument("--fisher-data", help="--method fisher: unlabelled images (a dataset, like --dataset of eval)")
+    group.add_argument("--fisher-samples", type=int, help="--method fisher: images to estimate the Fisher on (default: 32)")
 
 
 def _float_list(text: str) -> list[float]:
@@ -60,6 +65,8 @@ def recipe_from_args(args: argparse.Namespace):
     for name, value in overrides.items():
         if value is not None:
             setattr(recipe, name, value)
+    fisher_options = {"fisher_data": args.fisher_data, "fisher_samples": args.fisher_samples}
+    recipe.method_options.update({name: value for name, value in fisher_options.items() if value is not None})
     if not recipe.models:
         raise LwmmError("no models given (pass two or more model references, or --recipe FILE)")
     return recipe
@@ -70,8 +77,17 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = recipe_from_args(args)
     output = args.output or Path("merged")
+    if args.push_to_hub:
+        from hf_lwmm.hub import require_token
+
+        require_token()  # before the merge: a missing token should not cost a merge
     result = merge(recipe, output, overwrite=args.overwrite)
     print(summary(result))
+    if args.push_to_hub:
+        from hf_lwmm.commands.push import push_options
+        from hf_lwmm.hub import push_folder
+
+        print(push_folder(result.output_dir, args.push_to_hub, push_options(args)).summary())
     return 0
 
 

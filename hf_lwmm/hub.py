@@ -1,0 +1,305 @@
+"""Push a merged folder to the Hub in one commit, file it in a collection, and reproduce a merge from its recipe.
+
+Pulling sources lives in :mod:`hf_lwmm.refs`. Every Hub failure becomes one :class:`LwmmError` line; a
+failed push never touches the local output and names the ``lwmm-hub push`` command that retries it.
+Tokens come from ``HF_TOKEN`` or the stored login and are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+from hf_lwmm.errors import LwmmError
+from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe
+from hf_lwmm.refs import CONFIG_NAME, ModelRef, is_repo_id
+
+#: What a push uploads from a merged folder: weights, configs, card, recipe and plot — nothing else.
+PUSH_PATTERNS = ("*.safetensors", "model.safetensors.index.json", CONFIG_NAME, "preprocessor_config.json",
+                 "README.md", RECIPE_NAME, "*.png")
+MAIN_BRANCH = "main"
+_COLLECTION_SLUG = re.compile(r"^[\w.-]+/[\w.-]+-[0-9a-f]{24}$")
+_MAX_NOTE = 500  # the Hub's limit on a collection item's note
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How to push: visibility of a new repo, target branch, commit message, collection to file it in."""
+
+    private: bool = False
+    revision: str | None = None
+    commit_message: str | None = None
+    collection: str | None = None
+
+    def retry_command(self, folder: Path, repo_id: str) -> str:
+        """The ``lwmm-hub push`` command that retries this push of ``folder``."""
+        words = ["lwmm-hub", "push", str(folder), repo_id]
+        if self.private:
+            words.append("--private")
+        if self.revision:
+            words += ["--revision", self.revision]
+        if self.commit_message:
+            words += ["--commit-message", self.commit_message]
+        if self.collection:
+            words += ["--collection", self.collection]
+        return shlex.join(words)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit: str
+    commit_url: str
+    files: list[str]
+    changed: bool = True
+    collection_slug: str | None = None
+
+    def summary(self) -> str:
+        if self.changed:
+            lines = [f"pushed {len(self.files)} files to {self.repo_id}@{self.revision} in commit {self.commit}"]
+        else:
+            lines = [f"{self.repo_id}@{self.revision} is already up to date with these {len(self.files)} files (commit {self.commit})"]
+        lines.append(f"  {self.commit_url}")
+        if self.collection_slug:
+            lines.append(f"  added to collection {self.collection_slug}")
+        return "\n".join(lines)
+
+
+def require_token(token: str | None = None) -> str:
+    """The token a push will use (``HF_TOKEN`` or the stored login); checked before any long work."""
+    found = token or get_token()
+    if not found:
+        raise LwmmError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run `hf auth login`")
+    return found
+
+
+def files_to_push(folder: Path) -> list[str]:
+    """The files of a merged folder that belong in the repo; refuses a folder that is not a merge output."""
+    if not folder.is_dir():
+        raise LwmmError(f"{folder}: no such folder")
+    names = sorted(path.name for path in folder.iterdir()
+                   if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in PUSH_PATTERNS))
+    missing = [name for name in (CONFIG_NAME, RECIPE_NAME) if name not in names]
+    if missing or not any(name.endswith(".safetensors") for name in names):
+        what = missing[0] if missing else "safetensors weights"
+        raise LwmmError(f"{folder}: not a merged model folder (no {what}); run `lwmm-hub merge … --output {folder}` first")
+    return names
+
+
+def read_recipe_document(path: Path) -> dict[str, Any]:
+    """``lwmm_recipe.yaml`` as written by a merge: ``recipe``, ``sources`` and ``weights_sha256``."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise LwmmError(f"{path}: unreadable recipe ({err.__class__.__name__})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("recipe"), dict) or not isinstance(document.get("sources"), list):
+        raise LwmmError(f"{path}: not a merge recipe written by lwmm-hub (needs 'recipe' and 'sources')")
+    return document
+
+
+def pinned_source(record: dict[str, Any], *, short: bool = False) -> str:
+    """A recorded source as a reference pinned at its resolved commit (local folders stay as recorded)."""
+    commit = record.get("commit")
+    if not commit:
+        return str(record["ref"])
+    ref = ModelRef.parse(str(record["ref"]))
+    return str(ModelRef(repo_id=ref.repo_id, revision=commit[:10] if short else commit, subfolder=ref.subfolder))
+
+
+def collection_note(document: dict[str, Any]) -> str:
+    """The note of a collection item: method and sources (each at its resolved commit, anchor marked)."""
+    sources = [pinned_source(record, short=True) + (" (anchor)" if record.get("role") == "anchor" else "")
+               for record in document["sources"]]
+    note = f"{document['recipe'].get('method', 'lwmm')} merge of {', '.join(sources)} — lwmm-hub"
+    return note if len(note) <= _MAX_NOTE else note[: _MAX_NOTE - 1] + "…"
+
+
+def default_commit_message(document: dict[str, Any]) -> str:
+    count = len(document["sources"])
+    return f"Add {document['recipe'].get('method', 'lwmm')} merge of {count} models (lwmm-hub)"
+
+
+def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> PushResult:
+    """Create the repo if needed and upload the merged folder in one commit; optionally file it in a collection."""
+    folder = Path(folder)
+    if not is_repo_id(repo_id):
+        raise LwmmError(f"repo {repo_id!r}: expected a Hub repo id 'namespace/name' (use --revision for a branch)")
+    names = files_to_push(folder)
+    document = read_recipe_document(folder / RECIPE_NAME)
+    api = HfApi(token=require_token(token))
+    revision = options.revision or MAIN_BRANCH
+    retry = options.retry_command(folder, repo_id)
+    try:
+        api.create_repo(repo_id, private=options.private, exist_ok=True)
+        if revision != MAIN_BRANCH:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in names]
+        commit = api.create_commit(repo_id, operations, commit_message=options.commit_message or default_commit_message(document),
+                                   commit_description=_commit_description(document), revision=revision)
+    except Exception as err:  # any transfer failure (HTTP, network, card validation) ends the same way
+        raise LwmmError(f"push to {repo_id} failed: {describe_hub_error(err)}. The merged model is intact in {folder}; "
+                        f"retry with: {retry}") from err
+    slug = None
+    if options.collection:
+        try:
+            slug = add_to_collection(api, options.collection, repo_id, note=collection_note(document))
+        except LwmmError as err:
+            raise LwmmError(f"{err}. The model is pushed ({commit.oid[:10]}); retry with: {retry}") from err
+    return PushResult(repo_id, revision, commit.oid, commit.commit_url, names, changed=commit.oid != head, collection_slug=slug)
+
+
+def add_to_collection(api: HfApi, collection: str, repo_id: str, *, note: str) -> str:
+    """Add ``repo_id`` to a collection given by slug, ``namespace/Title`` or title (created when missing)."""
+    try:
+        slug = _find_or_create_collection(api, collection)
+        api.add_collection_item(slug, repo_id, "model", note=note, exists_ok=True)
+    except LwmmError:
+        raise
+    except Exception as err:  # HTTP or network failure: one line
+        raise LwmmError(f"--collection {collection}: {describe_hub_error(err)}") from err
+    return slug
+
+
+def _find_or_create_collection(api: HfApi, collection: str) -> str:
+    if _COLLECTION_SLUG.match(collection):
+        try:
+            return api.get_collection(collection).slug
+        except HfHubHTTPError as err:
+            if err.response is not None and err.response.status_code == 404:
+                raise LwmmError(f"--collection {collection}: no such collection (give a title to create one)") from None
+            raise
+    namespace, _, title = collection.rpartition("/")
+    namespace = namespace or api.whoami()["name"]
+    wanted = _slug_word(title)
+    for existing in api.list_collections(owner=namespace):
+        if existing.title == title or existing.slug.rsplit("-", 1)[0] == f"{namespace}/{wanted}":
+            return existing.slug
+    return api.create_collection(title, namespace=namespace, exists_ok=True).slug
+
+
+def _slug_word(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _commit_description(document: dict[str, Any]) -> str:
+    lines = ["Merged with lwmm-hub. Sources (at their resolved commits):"]
+    lines += [f"- {source['ref']} @ {source.get('commit') or 'local folder'} ({source.get('role', 'source')})"
+              for source in document["sources"]]
+    return "\n".join(lines)
+
+
+def describe_hub_error(err: BaseException) -> str:
+    """One line on why a Hub call failed, with what to do for auth errors (the token is never shown)."""
+    cause = err.__cause__ if isinstance(err, RuntimeError) and err.__cause__ is not None else err  # LFS upload wrapper
+    if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+        status = cause.response.status_code
+        hints = {401: "the token was refused (set HF_TOKEN or run `hf auth login`)",
+                 403: "the token has no write access to this namespace",
+                 404: "repository or revision not found"}
+        server = (cause.server_message or "").strip().splitlines()
+        return f"HTTP {status}, " + hints.get(status, server[0] if server else cause.response.reason_phrase)
+    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    return f"{cause.__class__.__name__}: {text[:300] or 'no details'}"
+
+
+# ------------------------------------------------------------------------------------------- reproduce
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """Published vs reproduced sha256 of each weights file."""
+
+    target: str
+    sources: list[str]
+    published: dict[str, str]
+    reproduced: dict[str, str]
+
+    @property
+    def matches(self) -> bool:
+        return bool(self.published) and self.published == self.reproduced
+
+    def table(self) -> str:
+        """One row per weights file: the first 16 hex digits of each sha256 and the verdict."""
+        names = sorted(set(self.published) | set(self.reproduced))
+        width = max([len("file"), *map(len, names)])
+        rows = [("file", "published", "reproduced", "result"), ("-" * width, "-" * 16, "-" * 16, "-" * 8)]
+        for name in names:
+            published, reproduced = self.published.get(name, "—"), self.reproduced.get(name, "—")
+            rows.append((name, published[:16], reproduced[:16], "match" if published == reproduced else "MISMATCH"))
+        return "\n".join(f"{name:<{width}}  {published:<16}  {reproduced:<16}  {verdict}" for name, published, reproduced, verdict in rows)
+
+    def summary(self) -> str:
+        header = [f"reproduced {self.target} from {len(self.sources)} sources pinned at their recorded commits:"]
+        header += [f"  {source}" for source in self.sources]
+        verdict = "match: the weights are bit-identical" if self.matches else "MISMATCH: the weights differ from the published ones"
+        return "\n".join([*header, self.table(), verdict])
+
+
+def pinned_recipe(document: dict[str, Any], *, source: str) -> MergeRecipe:
+    """The recorded recipe with every Hub source pinned at the commit the merge resolved."""
+    recipe = MergeRecipe.from_dict(dict(document["recipe"]), source=source)
+    records = document["sources"]
+    if len(records) != len(recipe.models):
+        raise LwmmError(f"{source}: {len(records)} sources recorded for {len(recipe.models)} models")
+    anchor = recipe.anchor_index
+    pinned = [pinned_source(record) for record in records]
+    recipe.models = pinned
+    recipe.anchor = None if recipe.anchor is None else pinned[anchor]
+    return recipe
+
+
+def reproduce(target: str, *, token: str | bool | None = None, progress: bool = True) -> Reproduction:
+    """Merge again from the recipe of a merged repo (``org/name[@revision][:subfolder]``) or folder and compare."""
+    from hf_lwmm.merge import merge
+
+    folder = fetch_merged(target, token=token)
+    document = read_recipe_document(folder / RECIPE_NAME)
+    recipe = pinned_recipe(document, source=f"{target}: {RECIPE_NAME}")
+    published = {path.name: sha256_of(path) for path in sorted(folder.glob("*.safetensors"))}
+    with tempfile.TemporaryDirectory(prefix="lwmm-reproduce-") as scratch:
+        result = merge(recipe, Path(scratch) / "merged", token=token, progress=progress)
+    return Reproduction(target, list(recipe.models), published, dict(result.sha256))
+
+
+def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
+    """A local folder holding the recipe and weights of a merge: ``target`` itself, or its Hub snapshot."""
+    ref = ModelRef.parse(target)
+    if ref.is_local:
+        assert ref.path is not None
+        if not (ref.path / RECIPE_NAME).is_file():
+            raise LwmmError(f"{target}: no {RECIPE_NAME} (not a folder written by lwmm-hub merge)")
+        return ref.path
+    prefix = f"{ref.subfolder}/" if ref.subfolder else ""
+    try:
+        snapshot = Path(snapshot_download(ref.repo_id, revision=ref.revision, token=token,
+                                          allow_patterns=[prefix + RECIPE_NAME, prefix + "*.safetensors"]))
+    except RepositoryNotFoundError:
+        raise LwmmError(f"{target}: repository not found (or private: set HF_TOKEN or run `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise LwmmError(f"{target}: revision {ref.revision!r} not found") from None
+    except Exception as err:  # network, HTTP or cache failures: one line, no traceback
+        raise LwmmError(f"{target}: download failed ({describe_hub_error(err)})") from err
+    folder = snapshot / ref.subfolder if ref.subfolder else snapshot
+    if not (folder / RECIPE_NAME).is_file():
+        raise LwmmError(f"{target}: the repo has no {RECIPE_NAME} (was it pushed by lwmm-hub?)")
+    return folder
+
+
+def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
