@@ -148,7 +148,7 @@ def build_card(result: "MergeResult") -> "ModelCard":
         card_data,
         template_str=template,
         model_name=result.output_dir.name,
-        repo_hint=result.output_dir.name,
+        repo_hint=result.hub_repo or result.output_dir.name,
         tool_version=__version__,
         method=result.recipe.method,
         method_summary=METHODS[result.recipe.method].summary,

@@ -43,6 +43,8 @@ class MergeResult:
     merged_tensors: int = 0
     anchor_tensors: int = 0
     files: list[str] = field(default_factory=list)
+    #: the Hub repo the folder is meant for (named in the card's usage snippet)
+    hub_repo: str | None = None
     #: model-index results (huggingface_hub ``EvalResult``) recorded in the card
     eval_results: list = field(default_factory=list)
 
@@ -70,8 +72,11 @@ def prepare_output_dir(output_dir: Path, *, overwrite: bool) -> None:
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = False, token: str | bool | None = None,
-          progress: bool = True) -> MergeResult:
-    """Merge the recipe's models into ``output_dir`` (a stock transformers model folder with its card)."""
+          progress: bool = True, hub_repo: str | None = None) -> MergeResult:
+    """Merge the recipe's models into ``output_dir`` (a stock transformers model folder with its card).
+
+    ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
+    """
     from hf_lwmm.card import write_card_files
 
     output_dir = Path(output_dir)
@@ -93,7 +98,7 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
     try:
-        result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={})
+        result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={}, hub_repo=hub_repo)
         _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
         _copy_configs(models[anchor].folder, staging, recipe.dtype)
         write_card_files(result, staging)

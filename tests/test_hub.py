@@ -100,6 +100,7 @@ def test_merge_pulls_revisions_and_subfolders_then_pushes_one_commit(hub: HubSer
     card = api.model_info(repo_id).card_data
     assert card["base_model"] == sources.repo_ids and card["base_model_relation"] == "merge"
     assert [source["commit"] for source in card["lwmm_sources"]] == sources.commits
+    assert f'from_pretrained("{repo_id}")' in (output / "README.md").read_text()
     recipe = yaml.safe_load((output / "lwmm_recipe.yaml").read_text())
     assert [source["commit"] for source in recipe["sources"]] == sources.commits
     assert recipe["recipe"]["models"] == sources.refs

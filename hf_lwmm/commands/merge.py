@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from hf_lwmm.hub import require_token
 
         require_token()  # before the merge: a missing token should not cost a merge
-    result = merge(recipe, output, overwrite=args.overwrite)
+    result = merge(recipe, output, overwrite=args.overwrite, hub_repo=args.push_to_hub)
     print(summary(result))
     if args.push_to_hub:
         from hf_lwmm.commands.push import push_options
