@@ -89,4 +89,18 @@ def demo_options(method: str, count: int, output: Path) -> dict[str, object]:
     """Recipe options a method needs beyond the defaults."""
     if method == "linear":
         return {"weights": [0.4] + [0.6 / (count - 1)] * (count - 1)}
+    if method == "fisher":
+        return {"method_options": {"fisher_data": str(write_unlabelled_images(output / "fisher-images")), "fisher_samples": 4}}
     return {}
+
+
+def write_unlabelled_images(folder: Path, *, count: int = 4, size: int = 64) -> Path:
+    """Random target-domain stand-ins for the Fisher estimate (``images/`` layout)."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(count):
+        pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / "images" / f"{index}.png")
+    return folder

@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from hf_lwmm.commands.push import add_push_options
 
     add_push_options(parser, with_repo_flag=True)
+    from hf_lwmm.commands.eval import add_data_arguments
+
+    add_data_arguments(parser, flag="--eval-dataset", required=False)
     parser.set_defaults(run=run)
 
 
@@ -81,8 +84,16 @@ def run(args: argparse.Namespace) -> int:
         from hf_lwmm.hub import require_token
 
         require_token()  # before the merge: a missing token should not cost a merge
+    from hf_lwmm.commands.eval import evaluation_options, load_data
+
+    eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge
     result = merge(recipe, output, overwrite=args.overwrite, hub_repo=args.push_to_hub)
     print(summary(result))
+    if eval_data is not None:
+        from hf_lwmm.evaluation.card_results import record_evaluation
+        from hf_lwmm.evaluation.report import per_class_table
+
+        print(per_class_table(record_evaluation(result, eval_data, **evaluation_options(args))))
     if args.push_to_hub:
         from hf_lwmm.commands.push import push_options
         from hf_lwmm.hub import push_folder

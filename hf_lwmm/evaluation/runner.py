@@ -1,0 +1,236 @@
+"""Evaluate models, merged models and output ensembles on one dataset, in one pass over the data.
+
+Each batch is read, preprocessed and labelled once; every model runs once on it; each row
+("predictor": one model, or the ensemble of several) folds its predictions into its own streaming
+:class:`~hf_lwmm.evaluation.metric.MeanIoU`. Runs under ``accelerate``: ``accelerate launch`` on
+several GPUs shards the data and ``gather_for_metrics`` gives the same numbers as one process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hf_lwmm.errors import LwmmError
+from hf_lwmm.evaluation.data import DataSource, Sample, SegmentationData
+from hf_lwmm.evaluation.labels import NO_CLASS, model_to_dataset_classes, unused_label_map_keys
+from hf_lwmm.evaluation.metric import MeanIoU
+
+#: label value of void pixels, pixels of classes a row does not evaluate, and batch padding
+VOID = -1
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """One row of results: a model alone, or the output ensemble (mean softmax) of several."""
+
+    name: str
+    members: tuple[int, ...]
+
+    @property
+    def relative_cost(self) -> int:
+        """Forward passes per image, relative to one model (a merged model costs 1)."""
+        return len(self.members)
+
+
+@dataclass
+class RowResult:
+    name: str
+    relative_cost: int
+    mean_iou: float
+    mean_accuracy: float
+    overall_accuracy: float
+    #: per dataset class; ``None`` where the class was not evaluated (absent, or unknown to the model)
+    per_class_iou: dict[str, float | None]
+
+
+@dataclass
+class EvaluationReport:
+    source: DataSource
+    class_names: list[str]
+    samples: int
+    rows: list[RowResult] = field(default_factory=list)
+
+    def row(self, name: str) -> RowResult:
+        return next(row for row in self.rows if row.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with where its classes land among the dataset's (+1 slot: "no class")."""
+
+    label: str
+    model: torch.nn.Module
+    class_names: list[str]
+    processor_index: int
+    to_dataset: torch.Tensor
+
+
+@dataclass
+class Collator:
+    """Preprocesses a batch once per distinct image processor and checks and pads its labels."""
+
+    processors: list[Any]
+    num_classes: int
+    ignore_index: int
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        images = [sample.image for sample in samples]
+        labels = [dataset_label(sample, num_classes=self.num_classes, ignore_index=self.ignore_index) for sample in samples]
+        height, width = max(label.shape[0] for label in labels), max(label.shape[1] for label in labels)
+        padded = torch.full((len(labels), height, width), VOID, dtype=torch.int16)
+        for index, label in enumerate(labels):
+            padded[index, : label.shape[0], : label.shape[1]] = torch.from_numpy(label)
+        return {
+            "pixel_values": [processor(images=images, return_tensors="pt")["pixel_values"] for processor in self.processors],
+            "labels": padded,
+            "sizes": torch.tensor([label.shape for label in labels]),
+        }
+
+
+def dataset_label(sample: Sample, *, num_classes: int, ignore_index: int) -> np.ndarray:
+    """The label as int16 class ids with :data:`VOID` for ignored pixels; other values are an error."""
+    if sample.label is None:
+        raise LwmmError(f"{sample.name}: no label")
+    label = sample.label.astype(np.int64)
+    void = label == ignore_index
+    bad = ~void & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        raise LwmmError(f"{sample.name}: label value {int(label[bad][0])} is neither a class id 0–{num_classes - 1} nor the ignore index {ignore_index}")
+    label[void] = VOID
+    return label.astype(np.int16)
+
+
+def load_models(folders: Sequence[tuple[str, Path]], *, class_names: Sequence[str] | None,
+                label_map: Mapping[str, str | None]) -> tuple[list[LoadedModel], list[Any], list[str]]:
+    """Load ``(label, folder)`` models and their image processors (shared when identical).
+
+    Returns the models, the distinct processors and the dataset class names (the first model's when
+    the data names none).
+    """
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    loaded, processors, processor_keys = [], [], []
+    for label, folder in folders:
+        try:
+            model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+            processor = AutoImageProcessor.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as err:
+            raise LwmmError(f"model {label}: cannot be loaded as a semantic-segmentation model ({str(err).splitlines()[0]})") from None
+        key = processor.to_json_string()
+        if key not in processor_keys:
+            processor_keys.append(key)
+            processors.append(processor)
+        model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if class_names is None:
+            class_names = model_names  # the data names no classes: its ids are the first model's
+        mapping = model_to_dataset_classes(model_names, class_names, label_map=label_map, model=label)
+        mapping[mapping == NO_CLASS] = len(class_names)
+        loaded.append(LoadedModel(label, model, model_names, processor_keys.index(key), torch.from_numpy(mapping)))
+    unused = unused_label_map_keys(label_map, [entry.class_names for entry in loaded])
+    if unused:
+        raise LwmmError(f"--label-map: {unused[0]!r} is not a class of any model")
+    assert class_names is not None
+    return loaded, processors, list(class_names)
+
+
+def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], data: SegmentationData, *,
+                        label_map: Mapping[str, str | None] | None = None, batch_size: int = 4, mixed_precision: str = "no",
+                        progress: bool = True) -> EvaluationReport:
+    """mean IoU of every predictor on ``data`` (one pass; each model runs once per batch)."""
+    from accelerate import Accelerator
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise LwmmError(f"--mixed-precision {mixed_precision!r}: choose from {', '.join(MIXED_PRECISION)}")
+    if batch_size < 1:
+        raise LwmmError(f"--batch-size {batch_size}: must be at least 1")
+    loaded, processors, class_names = load_models(models, class_names=data.class_names, label_map=label_map or {})
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision)
+    except ValueError as err:
+        raise LwmmError(f"--mixed-precision {mixed_precision}: {str(err).splitlines()[0]}") from None
+    collate = Collator(processors, len(class_names), data.ignore_index)
+    loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(data.samples, batch_size=batch_size, collate_fn=collate))
+    for entry in loaded:
+        entry.model = accelerator.prepare_model(entry.model, evaluation_mode=True)
+        entry.to_dataset = entry.to_dataset.to(accelerator.device)
+    covered = [_covered_mask(loaded, predictor, len(class_names), accelerator.device) for predictor in predictors]
+    metrics = [MeanIoU() for _ in predictors]
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress or not accelerator.is_local_main_process):
+            for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
+                reference = torch.where(covered[index][batch["labels"].long().clamp(min=0)], batch["labels"], VOID)
+                predicted, reference = _gathered(accelerator, predicted.to(torch.int16), reference)
+                metrics[index].add_batch(predictions=predicted, references=reference)
+    report = EvaluationReport(data.source, class_names, len(data))
+    for predictor, metric in zip(predictors, metrics):
+        report.rows.append(_row(predictor, metric.compute(num_labels=len(class_names), ignore_index=VOID), class_names))
+    return report
+
+
+def _covered_mask(models: list[LoadedModel], predictor: Predictor, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Dataset classes a predictor can predict: the others' pixels are left out, like void."""
+    mask = torch.zeros(num_classes + 1, dtype=torch.bool)
+    for member in predictor.members:
+        mask[models[member].to_dataset.cpu()] = True
+    return mask[:num_classes].to(device)
+
+
+def _predictions(models: list[LoadedModel], predictors: Sequence[Predictor], batch: dict[str, Any], num_classes: int):
+    """Yield ``(predictor index, predicted dataset classes)``; each model runs once per batch.
+
+    A single model predicts its argmax class (mapped to the dataset's); an ensemble the argmax of its
+    members' summed softmax in dataset classes (+ a last slot pooling classes the dataset lacks).
+    """
+    pending: dict[int, torch.Tensor] = {}
+    for model_index, entry in enumerate(models):
+        logits = resized_logits(entry, batch)
+        for index, predictor in enumerate(predictors):
+            if model_index not in predictor.members:
+                continue
+            if len(predictor.members) == 1:
+                yield index, entry.to_dataset[logits.argmax(dim=1)]
+                continue
+            probabilities = torch.zeros((logits.shape[0], num_classes + 1, *logits.shape[2:]), device=logits.device)
+            probabilities.index_add_(1, entry.to_dataset, logits.softmax(dim=1))
+            pending[index] = probabilities if index not in pending else pending[index] + probabilities
+            if model_index == predictor.members[-1]:
+                yield index, pending.pop(index).argmax(dim=1)  # argmax of the sum = argmax of the mean
+
+
+def resized_logits(entry: LoadedModel, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits resized (bilinear) to each label's size, in a batch padded like the labels."""
+    logits = entry.model(pixel_values=batch["pixel_values"][entry.processor_index]).logits.float()
+    sizes = batch["sizes"].tolist()
+    if all(size == sizes[0] for size in sizes):
+        return F.interpolate(logits, size=tuple(batch["labels"].shape[-2:]), mode="bilinear", align_corners=False)
+    resized = torch.zeros((len(sizes), logits.shape[1], *batch["labels"].shape[-2:]), device=logits.device)
+    for index, (height, width) in enumerate(sizes):
+        resized[index, :, :height, :width] = F.interpolate(logits[index : index + 1], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return resized
+
+
+def _gathered(accelerator: Any, predicted: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both masks from every process (padded to a common size with void), without the last batch's repeats."""
+    for dim in (1, 2):
+        predicted = accelerator.pad_across_processes(predicted, dim=dim, pad_index=0)
+        reference = accelerator.pad_across_processes(reference, dim=dim, pad_index=VOID)
+    return accelerator.gather_for_metrics((predicted, reference))
+
+
+def _row(predictor: Predictor, result: dict[str, Any], class_names: list[str]) -> RowResult:
+    per_class = {name: None if math.isnan(value) else float(value) for name, value in zip(class_names, result["per_category_iou"])}
+    return RowResult(predictor.name, predictor.relative_cost, float(result["mean_iou"]), float(result["mean_accuracy"]),
+                     float(result["overall_accuracy"]), per_class)

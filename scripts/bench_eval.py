@@ -1,0 +1,96 @@
+"""Benchmark: ``lwmm-hub eval``'s loop against the model's pure forward passes on the same batches.
+
+Makes a MiT-B0-size SegFormer (random weights, 19 classes) and a folder of images + labels, then, in
+the same run, times (a) the forward passes alone on the preprocessed batches and (b) the whole eval
+loop (reading and preprocessing images, forward, resizing logits to the label size, argmax, gather,
+streaming mIoU; model loading included). Prints throughput ratio (b)/(a). Goal: ≥ 0.9.
+
+    python scripts/bench_eval.py [--images 16] [--height 512] [--width 1024] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+from hf_lwmm.evaluation.data import load_segmentation_data
+from hf_lwmm.evaluation.runner import Collator, Predictor, evaluate_predictors
+
+NUM_LABELS = 19
+
+
+def make_model(folder: Path) -> Path:
+    """MiT-B0 encoder with a 256-wide decode head, as the SegFormer paper's B0."""
+    config = SegformerConfig(depths=[2, 2, 2, 2], hidden_sizes=[32, 64, 160, 256], num_attention_heads=[1, 2, 5, 8],
+                             decoder_hidden_size=256, num_labels=NUM_LABELS)
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 512, "width": 512}).save_pretrained(folder)
+    return folder
+
+
+def make_data(folder: Path, *, count: int, height: int, width: int) -> Path:
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / "images" / f"{index:04d}.png")
+        Image.fromarray(rng.integers(0, NUM_LABELS, (height, width), dtype=np.uint8)).save(folder / "labels" / f"{index:04d}.png")
+    return folder
+
+
+def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int) -> float:
+    """Forward passes alone, on the batches the eval loop sees (preprocessed beforehand, not timed)."""
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_folder).eval()
+    data = load_segmentation_data(str(data_folder))
+    collate = Collator([AutoImageProcessor.from_pretrained(model_folder)], NUM_LABELS, data.ignore_index)
+    batches = [collate([data.samples[i] for i in range(start, min(start + batch_size, len(data)))])["pixel_values"][0]
+               for start in range(0, len(data), batch_size)]
+    with torch.inference_mode():
+        model(pixel_values=batches[0])  # warm-up
+        start = time.perf_counter()
+        for pixel_values in batches:
+            model(pixel_values=pixel_values)
+        return time.perf_counter() - start
+
+
+def eval_seconds(model_folder: Path, data_folder: Path, *, batch_size: int) -> float:
+    data = load_segmentation_data(str(data_folder))
+    start = time.perf_counter()
+    evaluate_predictors([("b0", model_folder)], [Predictor("b0", (0,))], data, batch_size=batch_size, progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lwmm-bench-eval-") as scratch:
+        model = make_model(Path(scratch) / "model")
+        data = make_data(Path(scratch) / "data", count=args.images, height=args.height, width=args.width)
+        eval_seconds(model, data, batch_size=args.batch_size)  # warm-up: imports, file cache
+        forward = forward_seconds(model, data, batch_size=args.batch_size)
+        loop = eval_seconds(model, data, batch_size=args.batch_size)
+    print(f"{args.images} images of {args.height}×{args.width} (labels too), batches of {args.batch_size}, MiT-B0 SegFormer at 512×512, "
+          f"{torch.get_num_threads()} torch threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(f"{'':<26}{'seconds':>9}{'images/s':>10}")
+    print(f"{'forward passes only':<26}{forward:>9.2f}{args.images / forward:>10.2f}")
+    print(f"{'eval loop (everything)':<26}{loop:>9.2f}{args.images / loop:>10.2f}")
+    ratio = forward / loop
+    print(f"eval throughput / forward throughput: {ratio:.2f} {'(goal ≥ 0.9 met)' if ratio >= 0.9 else '(goal ≥ 0.9 NOT met)'}")
+
+
+if __name__ == "__main__":
+    main()
