@@ -77,6 +77,7 @@ def model_fisher(model: "ResolvedModel", data: "SegmentationData", *, device: to
 class FisherMerge(MergeMethod):
     name = "fisher"
     summary = "Fisher merging: per-element average weighted by each model's diagonal Fisher information (Matena & Raffel, 2022)"
+    weights_option = "optional"
 
     def __init__(self, recipe: "MergeRecipe") -> None:
         super().__init__(recipe)
@@ -84,6 +85,7 @@ class FisherMerge(MergeMethod):
 
     @classmethod
     def validate_recipe(cls, recipe: "MergeRecipe") -> None:
+        super().validate_recipe(recipe)
         options = recipe.method_options
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
