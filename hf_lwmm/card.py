@@ -74,18 +74,20 @@ def reproduce_command(recipe: MergeRecipe, result: "MergeResult") -> str:
 
 
 def plot_layer_weights(result: "MergeResult", path: Path) -> None:
-    """Each model's weight per shared layer, the anchor highlighted."""
-    import matplotlib
+    """Each model's weight per shared layer, the anchor highlighted.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Uses matplotlib's object API (no pyplot), so it can run in a worker thread while tensors are merged.
+    """
+    from matplotlib.figure import Figure
 
     layers = result.layer_weights
-    figure, axis = plt.subplots(figsize=(max(6.0, len(layers) * 0.12), 3.2), dpi=120)
+    figure = Figure(figsize=(max(6.0, len(layers) * 0.12), 3.2), dpi=120)
+    axis = figure.subplots()
     for index, label in enumerate(result.alignment.labels):
         is_anchor = index == result.anchor
         axis.plot([row.index for row in layers], [row.weights[index] for row in layers],
-                  linewidth=2.2 if is_anchor else 1.0, label=f"{label} (anchor)" if is_anchor else label)
+                  linewidth=2.2 if is_anchor else 1.0, linestyle="-" if is_anchor else (0, (4, 1 + index)),
+                  label=f"{label} (anchor)" if is_anchor else label)
     start = result.method_parameters.get("start_layer")
     if isinstance(start, int):
         axis.axvline(start, color="grey", linestyle=":", linewidth=1, label=f"start layer {start}")
@@ -96,7 +98,6 @@ def plot_layer_weights(result: "MergeResult", path: Path) -> None:
     axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
 def _alignment_details(result: "MergeResult") -> dict[str, Any]:
@@ -168,7 +169,6 @@ def build_card(result: "MergeResult") -> "ModelCard":
 
 
 def write_card_files(result: "MergeResult", folder: Path) -> None:
-    """Write ``lwmm_recipe.yaml``, ``lwmm_weights.png`` and ``README.md`` into ``folder``."""
+    """Write ``lwmm_recipe.yaml`` and ``README.md`` into ``folder`` (the plot is drawn during the merge)."""
     (folder / RECIPE_NAME).write_text(yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True))
-    plot_layer_weights(result, folder / PLOT_NAME)
     build_card(result).save(folder / CARD_NAME)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
 
     ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
     """
-    from hf_lwmm.card import write_card_files
+    from hf_lwmm.card import PLOT_NAME, plot_layer_weights, write_card_files
 
     output_dir = Path(output_dir)
     recipe.validate()
@@ -99,7 +101,10 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
     try:
         result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={}, hub_repo=hub_repo)
-        _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+        with ThreadPoolExecutor(max_workers=1) as background:  # the plot needs only the plan: draw it while merging
+            plot = background.submit(plot_layer_weights, result, staging / PLOT_NAME)
+            _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+            plot.result()
         _copy_configs(models[anchor].folder, staging, recipe.dtype)
         write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())
@@ -127,9 +132,10 @@ def _write_weights(result: MergeResult, sources: list[TensorSource], method: Mer
         info = anchor_source.infos[alignment.tensors[key].names[alignment.anchor]]
         plan.append(TensorInfo(info.name, _output_dtype(info, recipe.dtype), info.shape))
 
-    def tensors_of(key: str) -> list[torch.Tensor]:
+    def tensors_of(key: str) -> Iterator[torch.Tensor]:
+        """Each model's copy of a tensor, read lazily so that one is in memory at a time."""
         names = alignment.tensors[key].names
-        return [source.get(names[i]).to(device) for i, source in enumerate(sources)]
+        return (source.get(names[i]).to(device) for i, source in enumerate(sources))
 
     bar = tqdm(total=len(keys), desc="merging", unit="tensor", disable=not progress)
     with bar, ShardedSafetensorsWriter(folder, plan, max_shard_size=recipe.max_shard_size, metadata={"merged_by": "hf_lwmm"}) as writer:
@@ -137,28 +143,28 @@ def _write_weights(result: MergeResult, sources: list[TensorSource], method: Mer
             bar.update()
             aligned = alignment.tensors[key]
             weights = weights_of_layer.get(layer_of(key))
-            if aligned.status is not TensorStatus.SHARED or weights is None or not out.dtype.is_floating_point:
+            from_anchor = (aligned.status is not TensorStatus.SHARED or weights is None or not out.dtype.is_floating_point
+                           or (recipe.bn_stats == "anchor" and key.endswith((_RUNNING_MEAN, _RUNNING_VAR))))
+            if from_anchor:
                 tensor = anchor_source.get(out.name).to(out.dtype)
                 result.anchor_tensors += 1
             else:
-                tensor = _merge_one(key, tensors_of, weights.to(device), method, recipe.bn_stats, alignment.anchor)
+                tensor = _merge_one(key, tensors_of, weights.to(device), method, recipe.bn_stats)
                 tensor = tensor.to(out.dtype)
-                if not torch.isfinite(tensor).all():
+                if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():  # a finite sum proves it cheaply
                     raise CorruptWeightsError(f"merged tensor {out.name!r} has NaN or inf values: check the inputs ({', '.join(alignment.labels)})")
                 result.merged_tensors += 1
             writer.write(out.name, tensor)
     result.sha256 = dict(writer.sha256)
 
 
-def _merge_one(key: str, tensors_of, weights: torch.Tensor, method: MergeMethod, bn_stats: str, anchor: int) -> torch.Tensor:
-    """Merge one shared floating tensor; BatchNorm running statistics follow ``bn_stats``."""
-    is_running_stat = key.endswith((_RUNNING_MEAN, _RUNNING_VAR))
-    if is_running_stat and bn_stats == "anchor":
-        return tensors_of(key)[anchor]
-    if is_running_stat:
-        if bn_stats == "gaussian" and key.endswith(_RUNNING_VAR):
-            means = tensors_of(key[: -len(_RUNNING_VAR)] + _RUNNING_MEAN)
-            return gaussian_bn_stats(means, tensors_of(key), weights)[1]
+def _merge_one(key: str, tensors_of: Callable[[str], Iterator[torch.Tensor]], weights: torch.Tensor, method: MergeMethod,
+               bn_stats: str) -> torch.Tensor:
+    """Merge one shared floating tensor; BatchNorm running statistics follow ``bn_stats`` (gaussian or linear)."""
+    if key.endswith(_RUNNING_VAR) and bn_stats == "gaussian":
+        means = list(tensors_of(key[: -len(_RUNNING_VAR)] + _RUNNING_MEAN))
+        return gaussian_bn_stats(means, list(tensors_of(key)), weights)[1]
+    if key.endswith((_RUNNING_MEAN, _RUNNING_VAR)):
         return weighted_average(tensors_of(key), weights)
     return method.merge_tensor(key, tensors_of(key), weights)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -52,8 +53,11 @@ class MergeMethod(ABC):
     def layer_weights(self, layers: list[str], *, anchor: int) -> list["LayerWeights"]:
         """Weights of every model for each shared layer."""
 
-    def merge_tensor(self, key: str, tensors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-        """Combine one shared floating tensor; the default is the weighted average."""
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """Combine one shared floating tensor; the default is the weighted average.
+
+        ``tensors`` yields each model's copy lazily: consume it once, without holding every copy.
+        """
         return weighted_average(tensors, weights)
 
     def describe(self) -> dict[str, object]:

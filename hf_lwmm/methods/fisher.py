@@ -119,11 +119,9 @@ class FisherMerge(MergeMethod):
             fisher = model_fisher(model, data, device=device, progress=True)
             self.fishers.append({canonical_name(name, model.model_type): tensor for name, tensor in fisher.items()})
 
-    def merge_tensor(self, key: str, tensors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """Fisher-weighted average; a tensor without gradient (a buffer) has zero Fisher, i.e. the plain λ-average."""
-        fishers = [fisher[key].to(tensor.device) if key in fisher else torch.zeros_like(tensor, dtype=torch.float32)
-                   for fisher, tensor in zip(self.fishers, tensors)]
-        return fisher_weighted_average(tensors, fishers, weights)
+        return fisher_weighted_average(tensors, (fisher.get(key) for fisher in self.fishers), weights)
 
     def describe(self) -> dict[str, Any]:
         options = self.recipe.method_options

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
 
 
-def _stacked_weights(weights: torch.Tensor | list[float], like: torch.Tensor) -> torch.Tensor:
+def _stacked_weights(weights: torch.Tensor | Sequence[float], like: torch.Tensor) -> torch.Tensor:
     weights = torch.as_tensor(weights, dtype=torch.float32, device=like.device)
     return weights.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def weighted_average(tensors: list[torch.Tensor], weights: torch.Tensor | list[float]) -> torch.Tensor:
-    """Σᵢ wᵢ·θᵢ (weights already sum to one)."""
-    stacked = torch.stack([t.float() for t in tensors])
-    return (stacked * _stacked_weights(weights, stacked)).sum(dim=0)
+def weighted_average(tensors: Iterable[torch.Tensor], weights: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """Σᵢ wᵢ·θᵢ (weights already sum to one), accumulated one tensor at a time.
+
+    ``tensors`` may be a lazy iterator: only the running sum and one input are alive at once, so
+    memory does not grow with the number of models.
+    """
+    total: torch.Tensor | None = None
+    for tensor, weight in zip(tensors, torch.as_tensor(weights, dtype=torch.float32).tolist(), strict=True):
+        term = tensor.float() * weight
+        total = term if total is None else total.add_(term)
+    if total is None:
+        raise ValueError("weighted_average of no tensors")
+    return total
 
 
 def gaussian_bn_stats(means: list[torch.Tensor], variances: list[torch.Tensor], weights: torch.Tensor | list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +40,21 @@ def gaussian_bn_stats(means: list[torch.Tensor], variances: list[torch.Tensor], 
     return mean, variance.clamp_min(0.0)
 
 
-def fisher_weighted_average(tensors: list[torch.Tensor], fishers: list[torch.Tensor], weights: torch.Tensor | list[float], *, epsilon: float = 1e-8) -> torch.Tensor:
-    """Σᵢ wᵢFᵢθᵢ / Σᵢ wᵢFᵢ elementwise (Matena & Raffel, 2022), with ε keeping empty Fisher finite."""
-    stacked = torch.stack([t.float() for t in tensors])
-    fisher = torch.stack([f.float() for f in fishers]) + epsilon
-    w = _stacked_weights(weights, stacked)
-    return (w * fisher * stacked).sum(dim=0) / (w * fisher).sum(dim=0)
+def fisher_weighted_average(tensors: Iterable[torch.Tensor], fishers: Iterable[torch.Tensor | None],
+                            weights: torch.Tensor | Sequence[float], *, epsilon: float = 1e-8) -> torch.Tensor:
+    """Σᵢ wᵢFᵢθᵢ / Σᵢ wᵢFᵢ elementwise (Matena & Raffel, 2022), accumulated one model at a time.
+
+    A ``None`` Fisher is zero (a tensor without gradient); ε keeps all-zero entries a plain weighted mean.
+    """
+    numerator: torch.Tensor | None = None
+    denominator: torch.Tensor | None = None
+    for tensor, fisher, weight in zip(tensors, fishers, torch.as_tensor(weights, dtype=torch.float32).tolist(), strict=True):
+        tensor = tensor.float()
+        information = torch.zeros_like(tensor) if fisher is None else fisher.to(tensor.device, torch.float32)
+        weighted = (information + epsilon) * weight
+        term = weighted * tensor
+        numerator = term if numerator is None else numerator.add_(term)
+        denominator = weighted if denominator is None else denominator.add_(weighted)
+    if numerator is None or denominator is None:
+        raise ValueError("fisher_weighted_average of no tensors")
+    return numerator / denominator

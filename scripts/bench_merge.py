@@ -1,0 +1,443 @@
+"""Benchmark ``lwmm-hub merge`` against a naive load-everything merge, on MiT-B5-size SegFormers.
+
+Usage::
+
+    python scripts/bench_merge.py                    # 2, 4 and 8 MiT-B5 SegFormers (~338 MB each), 3 repeats
+    python scripts/bench_merge.py --small --repeat 1 # seconds: checks the script itself works
+
+For each model count it times (wall clock) and measures the peak resident memory of two kinds of
+child process: the naive baseline (``safetensors.torch.load_file`` every model, average, ``save_file``)
+and ``lwmm-hub merge --method isotropic|layerwise``. It prints a table, the ratios and PASS/FAIL
+against the goals of the merge engine (exit status 1 if one fails), and saves a plot of peak RSS and
+wall time against the model count.
+
+Why the measurements can be trusted:
+
+* Every variant runs in its own process, and that process's peak RSS comes from ``os.wait4`` on
+  exactly that child. Linux folds the resident size of the process that spawned it (the pre-``exec``
+  image) into a child's ``ru_maxrss``, so this parent never imports torch or holds a tensor: models are
+  made and outputs compared in child processes too. The parent's own peak is printed as the floor
+  below which no figure means anything.
+* Every child gets the same number of OpenMP/MKL threads (``--threads``, default 1). Merging is
+  memory-bound, and on a shared machine torch's spinning OpenMP threads mostly measure the
+  neighbours: with 2 threads on 2 busy cores both variants ran up to 6× slower than with 1.
+* Inputs are in the page cache for every variant (they were just written, or read by a warm-up run
+  of each variant), dirty pages are flushed before each run, and the order of the variants alternates
+  between repeats; each figure is the median over the repeats.
+* The warm-up outputs of the naive merge and the isotropic lwmm merge are compared tensor by tensor,
+  so both sides provably do the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+RUNNING_VAR = ".running_var"
+NAIVE = "naive"
+LWMM_METHODS = ("isotropic", "layerwise")
+VARIANTS = (NAIVE, *(f"lwmm-{method}" for method in LWMM_METHODS))
+#: the variant doing the same math as the naive baseline, judged against the goals first
+LIKE_FOR_LIKE = "lwmm-isotropic"
+GOAL_MODEL_COUNT = 4
+GOAL_WALL_RATIO = 1.0
+GOAL_RSS_RATIO = 0.5
+GOAL_RSS_GROWTH = 1.10
+#: isotropic lwmm and the naive mean differ only by float32 rounding (Σ θᵢ/M vs mean)
+SAME_RESULT_TOLERANCE = 1e-5
+NOISE_SCALE = 0.01
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A SegFormer encoder/decoder size; every benchmark model has this architecture."""
+
+    name: str
+    hidden_sizes: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_attention_heads: tuple[int, ...]
+    decoder_hidden_size: int
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    num_labels: int = 19
+
+
+SIZES = {
+    "b5": ModelSize("b5", hidden_sizes=(64, 128, 320, 512), depths=(3, 6, 40, 3), num_attention_heads=(1, 2, 5, 8), decoder_hidden_size=768),
+    "small": ModelSize("small", hidden_sizes=(32, 64, 160, 256), depths=(2, 2, 2, 2), num_attention_heads=(1, 2, 5, 8), decoder_hidden_size=256),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One child process: how long it ran and its peak resident set."""
+
+    models: int
+    variant: str
+    wall_s: float
+    peak_rss_mib: float
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One target of the issue, with the measured ratio that decides it."""
+
+    description: str
+    ratio: float | None
+    limit: float
+
+    @property
+    def verdict(self) -> str:
+        if self.ratio is None:
+            return "n/a"
+        return "PASS" if self.ratio <= self.limit else "FAIL"
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes (each runs ``python bench_merge.py <command> …``; torch is imported only here)
+# --------------------------------------------------------------------------------------------------
+
+
+def make_models(argv: Sequence[str]) -> None:
+    """Write one distinct model per folder: a random SegFormer, then it plus seeded noise for each other.
+
+    The architecture is built on the meta device and given uninitialised storage (``to_empty``), so
+    nothing pays for transformers' weight initialisation; ``save_pretrained`` writes the Hub tensor
+    names (``segformer.encoder.block.…``) that real checkpoints have.
+    """
+    parser = argparse.ArgumentParser(prog="bench_merge.py make-models")
+    parser.add_argument("--size", choices=sorted(SIZES), required=True)
+    parser.add_argument("--folders", type=Path, nargs="+", required=True)
+    args = parser.parse_args(argv)
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+    from transformers import SegformerForSemanticSegmentation
+
+    config = segformer_config(SIZES[args.size])
+    first, *others = args.folders
+    if not is_complete(first):
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            model = SegformerForSemanticSegmentation(config)
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                fill_like_trained(name, tensor)
+        model.save_pretrained(first)
+        del model
+    base = load_file(first / WEIGHTS_NAME)
+    for seed, folder in enumerate(tqdm(others, desc="making models", unit="model"), start=1):
+        if is_complete(folder):
+            continue
+        generator = torch.Generator().manual_seed(seed)
+        noisy = {
+            name: tensor + NOISE_SCALE * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
+            for name, tensor in base.items()
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(noisy, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        config.save_pretrained(folder)  # written last: its presence marks a complete model
+
+
+def segformer_config(size: ModelSize):
+    from transformers import SegformerConfig
+
+    return SegformerConfig(
+        num_encoder_blocks=len(size.depths),
+        depths=list(size.depths),
+        sr_ratios=list(size.sr_ratios),
+        hidden_sizes=list(size.hidden_sizes),
+        num_attention_heads=list(size.num_attention_heads),
+        decoder_hidden_size=size.decoder_hidden_size,
+        num_labels=size.num_labels,
+    )
+
+
+def fill_like_trained(name: str, tensor) -> None:
+    """Small random weights, positive BatchNorm variances and a zero batch counter (never NaN)."""
+    if not tensor.is_floating_point():
+        tensor.zero_()
+    elif name.endswith(RUNNING_VAR):
+        tensor.uniform_(0.5, 1.5)
+    else:
+        tensor.normal_(0.0, 0.02)
+
+
+def naive_merge(argv: Sequence[str]) -> None:
+    """The baseline: every model fully in memory, the mean of each float tensor, one ``save_file``."""
+    parser = argparse.ArgumentParser(prog="bench_merge.py naive-merge")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("models", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    states = [load_file(folder / WEIGHTS_NAME) for folder in args.models]
+    merged = {
+        name: torch.stack([state[name] for state in states]).mean(dim=0) if first.is_floating_point() else first
+        for name, first in states[0].items()
+    }
+    args.output.mkdir(parents=True)
+    save_file(merged, args.output / WEIGHTS_NAME, metadata={"format": "pt"})
+    shutil.copyfile(args.models[0] / CONFIG_NAME, args.output / CONFIG_NAME)
+
+
+def compare_outputs(argv: Sequence[str]) -> None:
+    """Print the largest absolute difference between two merged models with the same tensors.
+
+    BatchNorm running variances are skipped: lwmm mixes them as Gaussians (``--bn-stats gaussian``,
+    its default), the naive baseline takes their plain mean.
+    """
+    parser = argparse.ArgumentParser(prog="bench_merge.py compare-outputs")
+    parser.add_argument("first", type=Path)
+    parser.add_argument("second", type=Path)
+    args = parser.parse_args(argv)
+
+    from safetensors import safe_open
+
+    with safe_open(args.first / WEIGHTS_NAME, "pt") as first, safe_open(args.second / WEIGHTS_NAME, "pt") as second:
+        if set(first.keys()) != set(second.keys()):
+            raise SystemExit(f"{args.first} and {args.second} hold different tensor names")
+        compared = [name for name in first.keys() if not name.endswith(RUNNING_VAR)]
+        largest = max(float((first.get_tensor(name).double() - second.get_tensor(name).double()).abs().max()) for name in compared)
+    print(json.dumps({"max_abs_diff": largest}))
+
+
+CHILD_COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
+    "make-models": make_models,
+    "naive-merge": naive_merge,
+    "compare-outputs": compare_outputs,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark (parent process: standard library only until every measurement is taken)
+# --------------------------------------------------------------------------------------------------
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
+
+
+def child_command(command: str, *args: str | Path) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), command, *map(str, args)]
+
+
+def variant_command(variant: str, models: list[Path], output: Path) -> list[str]:
+    """The child process for one variant; lwmm runs on the CPU like the baseline, even with a GPU."""
+    if variant == NAIVE:
+        return child_command("naive-merge", "--output", output, *models)
+    method = variant.removeprefix("lwmm-")
+    return [sys.executable, "-m", "hf_lwmm.cli", "merge", *map(str, models), "--anchor", str(models[0]),
+            "--output", str(output), "--method", method, "--device", "cpu"]
+
+
+def child_environment(threads: int) -> dict[str, str]:
+    thread_counts = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**os.environ, **thread_counts, "HF_HUB_OFFLINE": "1"}
+
+
+def run_measured(command: list[str], *, log: Path, threads: int) -> tuple[float, float]:
+    """Run a child to completion; return its wall time (s) and its own peak RSS (MiB).
+
+    ``os.wait4`` reports the rusage of that one child, unlike ``RUSAGE_CHILDREN`` which keeps the
+    maximum over every child ever reaped.
+    """
+    os.sync()  # the previous run's dirty pages must not be written back during this one
+    with open(log, "wb") as sink:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=child_environment(threads))
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"{' '.join(command[:4])} … failed with exit status {process.returncode}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(variant: str, models: list[Path], workdir: Path, *, threads: int) -> Measurement:
+    output = workdir / f"out-{variant}"
+    shutil.rmtree(output, ignore_errors=True)
+    wall, rss = run_measured(variant_command(variant, models, output), log=workdir / f"{variant}.log", threads=threads)
+    shutil.rmtree(output)
+    return Measurement(len(models), variant, wall, rss)
+
+
+def warm_up(models: list[Path], workdir: Path, *, threads: int) -> float:
+    """Run every variant once untimed (caches, bytecode) and check the baseline and lwmm agree."""
+    outputs = {variant: workdir / f"warmup-{variant}" for variant in VARIANTS}
+    for variant, output in outputs.items():
+        shutil.rmtree(output, ignore_errors=True)
+        run_measured(variant_command(variant, models, output), log=workdir / f"warmup-{variant}.log", threads=threads)
+    comparison = subprocess.run(child_command("compare-outputs", outputs[NAIVE], outputs[LIKE_FOR_LIKE]),
+                                check=True, capture_output=True, text=True)
+    for output in outputs.values():
+        shutil.rmtree(output)
+    difference = json.loads(comparison.stdout.splitlines()[-1])["max_abs_diff"]
+    if difference > SAME_RESULT_TOLERANCE:
+        raise SystemExit(f"naive and {LIKE_FOR_LIKE} outputs differ by up to {difference:g}: they do not compute the same merge")
+    return difference
+
+
+def run_benchmark(counts: list[int], folders: list[Path], workdir: Path, *, repeat: int, threads: int) -> list[Measurement]:
+    """Median over ``repeat`` rounds; the variant order is reversed every other round."""
+    from tqdm.auto import tqdm
+
+    runs: list[Measurement] = []
+    with tqdm(total=repeat * len(counts) * len(VARIANTS), desc="benchmark", unit="run") as bar:
+        for round_index in range(repeat):
+            order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
+            for count in counts:
+                for variant in order:
+                    runs.append(measure(variant, folders[:count], workdir, threads=threads))
+                    bar.update()
+    return medians(runs)
+
+
+def medians(runs: list[Measurement]) -> list[Measurement]:
+    keys = sorted({(run.models, run.variant) for run in runs}, key=lambda key: (key[0], VARIANTS.index(key[1])))
+    result = []
+    for count, variant in keys:
+        same = [run for run in runs if (run.models, run.variant) == (count, variant)]
+        result.append(Measurement(count, variant, statistics.median(r.wall_s for r in same), statistics.median(r.peak_rss_mib for r in same)))
+    return result
+
+
+def lookup(results: list[Measurement], count: int, variant: str) -> Measurement | None:
+    return next((r for r in results if (r.models, r.variant) == (count, variant)), None)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or denominator is None else numerator / denominator
+
+
+def goals_of(results: list[Measurement], variant: str) -> list[Goal]:
+    """The issue's three targets for one lwmm variant."""
+    naive = lookup(results, GOAL_MODEL_COUNT, NAIVE)
+    lwmm = lookup(results, GOAL_MODEL_COUNT, variant)
+    counts = sorted({r.models for r in results})
+    fewest, most = lookup(results, counts[0], variant), lookup(results, counts[-1], variant)
+    growth = ratio(most and most.peak_rss_mib, fewest and fewest.peak_rss_mib) if len(counts) > 1 else None
+    return [
+        Goal(f"{variant}: wall / naive wall at {GOAL_MODEL_COUNT} models", ratio(lwmm and lwmm.wall_s, naive and naive.wall_s), GOAL_WALL_RATIO),
+        Goal(f"{variant}: peak RSS / naive peak RSS at {GOAL_MODEL_COUNT} models", ratio(lwmm and lwmm.peak_rss_mib, naive and naive.peak_rss_mib), GOAL_RSS_RATIO),
+        Goal(f"{variant}: peak RSS at {counts[-1]} models / at {counts[0]} models", growth, GOAL_RSS_GROWTH),
+    ]
+
+
+def results_table(results: list[Measurement]) -> str:
+    lines = [f"{'models':>6}  {'variant':<16} {'wall s':>8} {'peak RSS MiB':>13}"]
+    lines += [f"{r.models:>6}  {r.variant:<16} {r.wall_s:>8.2f} {r.peak_rss_mib:>13.0f}" for r in results]
+    return "\n".join(lines)
+
+
+def goals_table(goals: list[Goal]) -> str:
+    width = max(len(goal.description) for goal in goals)
+    return "\n".join(
+        f"{goal.description:<{width}}  {'n/a' if goal.ratio is None else f'{goal.ratio:.2f}':>5} (goal ≤ {goal.limit:.2f})  {goal.verdict}"
+        for goal in goals
+    )
+
+
+def plot(results: list[Measurement], path: Path, *, title: str) -> None:
+    """Peak RSS and wall time against the model count, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rss_axis, wall_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for variant in VARIANTS:
+        points = [r for r in results if r.variant == variant]
+        counts = [r.models for r in points]
+        rss_axis.plot(counts, [r.peak_rss_mib for r in points], marker="o", label=variant)
+        wall_axis.plot(counts, [r.wall_s for r in points], marker="o", label=variant)
+    for axis, label in ((rss_axis, "peak RSS (MiB)"), (wall_axis, "wall time (s)")):
+        axis.set_xlabel("models merged")
+        axis.set_ylabel(label)
+        axis.set_xticks(sorted({r.models for r in results}))
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    rss_axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def model_counts(text: str) -> list[int]:
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of model counts: {text!r}") from None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="2,4,8", type=model_counts,
+                        help="comma-separated model counts (default: 2,4,8; the goals use 4 and the smallest/largest)")
+    parser.add_argument("--small", action="store_true", help="tiny models for a quick check of the script (not the goals)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds; each figure is the median (default: 3)")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP/MKL threads of every child process (default: 1)")
+    parser.add_argument("--workdir", type=Path, help="where models and outputs go (default: a new temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated models (a later run with the same --workdir reuses them)")
+    parser.add_argument("--plot", type=Path, help="PNG of peak RSS and wall vs model count (default: WORKDIR/bench_merge.png, kept without --keep)")
+    args = parser.parse_args(argv)
+    if not args.models or min(args.models) < 2 or args.repeat < 1 or args.threads < 1:
+        parser.error("--models needs counts ≥ 2, --repeat and --threads ≥ 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CHILD_COMMANDS:
+        CHILD_COMMANDS[argv[0]](argv[1:])
+        return 0
+    args = parse_args(argv)
+    size = SIZES["small" if args.small else "b5"]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_merge."))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_root = workdir / f"models-{size.name}"
+    folders = [model_root / f"model-{index}" for index in range(max(args.models))]
+    plot_path = args.plot or workdir / "bench_merge.png"
+    print(f"workdir {workdir}; {max(args.models)} SegFormer-{size.name} models", flush=True)
+    try:
+        started = time.perf_counter()
+        subprocess.run(child_command("make-models", "--size", size.name, "--folders", *folders), check=True)
+        model_mb = (folders[0] / WEIGHTS_NAME).stat().st_size / 1e6
+        print(f"models ready ({model_mb:.0f} MB each) in {time.perf_counter() - started:.0f} s", flush=True)
+        difference = warm_up(folders[: args.models[0]], workdir, threads=args.threads)
+        print(f"warm-up done; naive vs {LIKE_FOR_LIKE} outputs agree (max |Δ| = {difference:.1e})", flush=True)
+        results = run_benchmark(args.models, folders, workdir, repeat=args.repeat, threads=args.threads)
+    finally:
+        if not args.keep:
+            shutil.rmtree(model_root, ignore_errors=True)
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nSegFormer-{size.name}, {model_mb:.0f} MB per model, {args.threads} thread(s), median of {args.repeat} round(s); "
+          f"measurement floor (this parent's peak RSS) {floor:.0f} MiB\n")
+    print(results_table(results))
+    goals = [goal for variant in VARIANTS[1:] for goal in goals_of(results, variant)]
+    print("\n" + goals_table(goals))
+    plot(results, plot_path, title=f"{max(args.models)}× SegFormer-{size.name} ({model_mb:.0f} MB each)")
+    print(f"\nplot: {plot_path}")
+    return 0 if all(goal.verdict != "FAIL" for goal in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
