@@ -9,7 +9,7 @@ import sys
 from hf_lwmm.errors import LwmmError
 
 #: modules under hf_lwmm.commands, each with ``register(subparsers)``; listed in help order
-COMMANDS = ("merge", "align", "eval", "compare", "demo", "push", "reproduce")
+COMMANDS = ("merge", "align", "eval", "compare", "sweep", "diff", "demo", "push", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

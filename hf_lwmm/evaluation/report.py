@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hf_lwmm.evaluation.runner import EvaluationReport
+if TYPE_CHECKING:
+    from hf_lwmm.evaluation.runner import EvaluationReport
 
 _MISSING = "—"
 
@@ -15,7 +16,7 @@ def _percent(value: float | None) -> str:
     return _MISSING if value is None or value != value else f"{100 * value:.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths)))
              for cells in [header, *rows]]
@@ -34,7 +35,7 @@ def per_class_table(report: EvaluationReport) -> str:
     body.append(["mean accuracy", *(_percent(row.mean_accuracy) for row in report.rows)])
     body.append(["pixel accuracy", *(_percent(row.overall_accuracy) for row in report.rows)])
     body.append(["inference cost", *(f"{row.relative_cost}×" for row in report.rows)])
-    return "\n".join(legend) + "\n" + _table(header, body)
+    return "\n".join(legend) + "\n" + text_table(header, body)
 
 
 def comparison_table(report: EvaluationReport, *, anchor: str) -> str:
@@ -42,7 +43,7 @@ def comparison_table(report: EvaluationReport, *, anchor: str) -> str:
     reference = report.row(anchor).mean_iou
     body = [[row.name, _percent(row.mean_iou), _MISSING if row.name == anchor else f"{100 * (row.mean_iou - reference):+.2f}",
              f"{row.relative_cost}×"] for row in report.rows]
-    return _table(["model", "mIoU %", "Δ vs anchor", "inference cost"], body)
+    return text_table(["model", "mIoU %", "Δ vs anchor", "inference cost"], body)
 
 
 def write_json(path: Path, report: EvaluationReport, **extra: Any) -> None:

@@ -206,7 +206,7 @@ def _predictions(models: list[LoadedModel], predictors: Sequence[Predictor], bat
             probabilities = torch.zeros((logits.shape[0], num_classes + 1, *logits.shape[2:]), device=logits.device)
             probabilities.index_add_(1, entry.to_dataset, logits.softmax(dim=1))
             pending[index] = probabilities if index not in pending else pending[index] + probabilities
-            if model_index == predictor.members[-1]:
+            if model_index == max(predictor.members):  # members may be listed in any order
                 yield index, pending.pop(index).argmax(dim=1)  # argmax of the sum = argmax of the mean
 
 

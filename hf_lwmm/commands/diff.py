@@ -1,0 +1,44 @@
+"""``lwmm-hub diff A B [--tau 0.1 …]``: per layer, the fraction of shared parameters whose relative
+difference |a−b| / max(|a|, |b|, ε) exceeds τ (the paper's Fig. 2), as a table, a plot and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from hf_lwmm.diff import DEFAULT_EPSILON, DEFAULT_TAUS
+
+    parser = subparsers.add_parser("diff", help="per-layer fraction of parameters that differ by more than τ", description=__doc__)
+    parser.add_argument("models", nargs=2, metavar="MODEL", help="two local folders or Hub repos org/name[@revision][:subfolder]")
+    parser.add_argument("--tau", type=float, nargs="+", default=list(DEFAULT_TAUS),
+                        help=f"relative-difference thresholds (default: {' '.join(map(str, DEFAULT_TAUS))})")
+    parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"floor of the denominator (default: {DEFAULT_EPSILON:g})")
+    parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG")
+    parser.add_argument("--json", type=Path, help="write the per-layer counts and fractions to this JSON file")
+    parser.add_argument("--allow-pickle", action="store_true", help="read local pytorch_model.bin files")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
+    from hf_lwmm.io import open_weights
+    from hf_lwmm.refs import resolve
+
+    models = [resolve(model) for model in args.models]
+    first, second = (open_weights(m.folder, label=str(m.ref), allow_pickle=args.allow_pickle and m.ref.is_local) for m in models)
+    discrepancy = model_discrepancy(first, second, model_types=(models[0].model_type, models[1].model_type),
+                                    taus=args.tau, epsilon=args.epsilon)
+    print(discrepancy_table(discrepancy))
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        lines = {f"τ = {tau:g}": discrepancy.fractions_at(tau) for tau in discrepancy.taus}
+        discrepancy_plot(args.plot, lines, title=f"{discrepancy.labels[0]} vs {discrepancy.labels[1]}")
+        print(f"plot → {args.plot}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(discrepancy.to_dict(), indent=2) + "\n")
+        print(f"results → {args.json}")
+    return 0
