@@ -6,6 +6,7 @@ complete, so a failed merge leaves nothing half-written.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import tempfile
@@ -103,6 +104,7 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
         result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={}, hub_repo=hub_repo)
         with ThreadPoolExecutor(max_workers=1) as background:  # the plot needs only the plan: draw it while merging
             plot = background.submit(plot_layer_weights, result, staging / PLOT_NAME)
+            background.submit(importlib.import_module, "huggingface_hub.repocard")  # warm up the card's imports too
             _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
             plot.result()
         _copy_configs(models[anchor].folder, staging, recipe.dtype)

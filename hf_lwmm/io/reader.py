@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -83,6 +84,7 @@ class SafetensorsSource(TensorSource):
         for file in files:
             for entry in _read_header(label, file):
                 self._entries[entry.info.name] = entry
+        self._handles: dict[Path, BinaryIO] = {}  # one open file per shard, closed with the source
         super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
 
     def get(self, name: str) -> torch.Tensor:
@@ -90,12 +92,16 @@ class SafetensorsSource(TensorSource):
         size = entry.stop - entry.start
         if size == 0:
             return torch.empty(entry.info.shape, dtype=entry.info.dtype)
-        buffer = bytearray(size)
-        with open(entry.file, "rb", buffering=0) as handle:
-            read = handle.readinto(memoryview(buffer)) if handle.seek(entry.start) == entry.start else 0
-        if read != size:
-            raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}")
-        return torch.frombuffer(buffer, dtype=entry.info.dtype).reshape(entry.info.shape)
+        if entry.file not in self._handles:
+            self._handles[entry.file] = open(entry.file, "rb", buffering=0)
+        buffer = torch.empty(size, dtype=torch.uint8)  # unlike bytearray, not zero-filled first
+        view, done = memoryview(buffer.numpy()), 0
+        while done < size:
+            read = os.preadv(self._handles[entry.file].fileno(), [view[done:]], entry.start + done)
+            if read <= 0:
+                raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}")
+            done += read
+        return buffer.view(entry.info.dtype).reshape(entry.info.shape)
 
 
 class StateDictSource(TensorSource):

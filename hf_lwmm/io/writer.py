@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -75,6 +76,8 @@ class ShardedSafetensorsWriter:
         self._weight_map: dict[str, str] = {}
         self.total_size = sum(info.nbytes for info in plan)
         self.sha256: dict[str, str] = {}
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._hashed: Future[None] | None = None
 
     def __enter__(self) -> "ShardedSafetensorsWriter":
         return self
@@ -83,6 +86,7 @@ class ShardedSafetensorsWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        self._hasher.shutdown(wait=True)
         if exc_type is None:
             self._finish()
 
@@ -112,12 +116,15 @@ class ShardedSafetensorsWriter:
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._handle is not None
         self._handle.write(data)
-        self._hash.update(data)
+        # hashlib releases the GIL: hashing in order on one worker overlaps with reading the next tensors
+        self._hashed = self._hasher.submit(self._hash.update, data)
 
     def _close_shard(self) -> None:
         assert self._handle is not None
         self._handle.close()
         self._handle = None
+        assert self._hashed is not None
+        self._hashed.result()
         self.sha256[self._file_name] = self._hash.hexdigest()
 
     def _finish(self) -> None:

@@ -20,8 +20,10 @@ def weighted_average(tensors: Iterable[torch.Tensor], weights: torch.Tensor | Se
     """
     total: torch.Tensor | None = None
     for tensor, weight in zip(tensors, torch.as_tensor(weights, dtype=torch.float32).tolist(), strict=True):
-        term = tensor.float() * weight
-        total = term if total is None else total.add_(term)
+        if total is None:
+            total = torch.mul(tensor, weight, out=torch.empty_like(tensor, dtype=torch.float32))
+        else:
+            total.add_(tensor, alpha=weight)  # fused: no temporary per model
     if total is None:
         raise ValueError("weighted_average of no tensors")
     return total
