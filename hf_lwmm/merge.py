@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import multiprocessing
+import threading
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -102,11 +104,15 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
     try:
         result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={}, hub_repo=hub_repo)
-        with ThreadPoolExecutor(max_workers=1) as background:  # the plot needs only the plan: draw it while merging
-            plot = background.submit(plot_layer_weights, result, staging / PLOT_NAME)
-            background.submit(importlib.import_module, "huggingface_hub.repocard")  # warm up the card's imports too
+        plot = _Beside(plot_layer_weights, result, staging / PLOT_NAME)  # the plot needs only the plan
+        card_imports = threading.Thread(target=importlib.import_module, args=("huggingface_hub.repocard",), daemon=True)
+        card_imports.start()  # imported while tensors stream (the loop mostly waits on I/O without the GIL)
+        try:
             _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
-            plot.result()
+        except BaseException:
+            plot.cancel()
+            raise
+        plot.wait()
         _copy_configs(models[anchor].folder, staging, recipe.dtype)
         write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())
@@ -115,6 +121,46 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+class _Beside:
+    """Run ``function(*args)`` beside the merge loop.
+
+    Drawing is pure Python and would compete with the loop for the GIL in a thread, so it runs in a
+    forked process on another core, but only while this is the process's only thread (forking with
+    other threads alive can deadlock the child on a lock they held); otherwise it runs in a thread.
+    """
+
+    def __init__(self, function: Callable[..., None], *args: object) -> None:
+        self.name = getattr(function, "__name__", "task")
+        self._process = None
+        self._executor = None
+        if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+            self._process = multiprocessing.get_context("fork").Process(target=function, args=args, daemon=True)
+            self._process.start()
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=1)
+            self._future = self._executor.submit(function, *args)
+
+    def wait(self) -> None:
+        """Wait for the task; re-raise its failure."""
+        if self._process is not None:
+            self._process.join()
+            if self._process.exitcode != 0:
+                raise RuntimeError(f"{self.name} failed in its background process (exit code {self._process.exitcode})")
+        else:
+            assert self._executor is not None
+            self._executor.shutdown(wait=True)
+            self._future.result()
+
+    def cancel(self) -> None:
+        """Stop the task (the merge failed): its output is discarded with the staging folder."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join()
+        else:
+            assert self._executor is not None
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _output_dtype(info: TensorInfo, dtype: str | None) -> torch.dtype:

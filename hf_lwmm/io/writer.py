@@ -116,7 +116,10 @@ class ShardedSafetensorsWriter:
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._handle is not None
         self._handle.write(data)
-        # hashlib releases the GIL: hashing in order on one worker overlaps with reading the next tensors
+        # hashlib releases the GIL: hashing in order on one worker overlaps with reading the next tensors;
+        # at most one buffer waits for its hash, so memory stays bounded
+        if self._hashed is not None:
+            self._hashed.result()
         self._hashed = self._hasher.submit(self._hash.update, data)
 
     def _close_shard(self) -> None:
