@@ -152,21 +152,26 @@ def _paired_root(path: Path, split: str | None) -> Path | None:
     return None
 
 
+def paired_files(root: Path, *, labelled: bool, name: str) -> tuple[list[Path], list[Path] | None]:
+    """Images of ``root/images`` (sorted) and, when ``labelled``, the label of the same stem in ``root/labels``."""
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not labelled:
+        return images, None
+    if not (root / "labels").is_dir():
+        raise LwmmError(f"{name}: no labels/ folder beside {root / 'images'}")
+    by_stem = {p.stem: p for p in (root / "labels").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    missing = [image.name for image in images if image.stem not in by_stem]
+    if missing:
+        raise LwmmError(f"{name}: no label for {missing[0]} in {root / 'labels'} ({len(missing)} images lack one)")
+    return images, [by_stem[image.stem] for image in images]
+
+
 def _load_paired_folder(path: Path, *, split: str | None, labelled: bool) -> SegmentationData:
     root = _paired_root(path, split)
     assert root is not None
     if split and root == path and not (path / split).is_dir():
         raise LwmmError(f"--split {split}: no folder {path / split} (the images are directly in {path})")
-    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    labels = None
-    if labelled:
-        if not (root / "labels").is_dir():
-            raise LwmmError(f"dataset {path}: no labels/ folder beside {root / 'images'}")
-        by_stem = {p.stem: p for p in (root / "labels").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        missing = [image.name for image in images if image.stem not in by_stem]
-        if missing:
-            raise LwmmError(f"dataset {path}: no label for {missing[0]} in {root / 'labels'} ({len(missing)} images lack one)")
-        labels = [by_stem[image.stem] for image in images]
+    images, labels = paired_files(root, labelled=labelled, name=f"dataset {path}")
     class_names, ignore_index = _class_file(root)
     source = DataSource(id=str(path), split=split)
     return SegmentationData(PairedFolder(images, labels), source, class_names, _or_default(ignore_index))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hf_lwmm.errors import LwmmError
+from hf_lwmm.evaluation.data import paired_files
 
 #: label value the training losses and the confusion matrix skip
 IGNORE = 255
@@ -84,18 +85,14 @@ class FrameSet:
 
 
 def split_files(split_dir: Path, *, with_labels: bool) -> list[tuple[Path, Path | None]]:
-    """(image, label) paths of a split, paired by file name; one clear error for what is missing."""
+    """(image, label) pairs of a split (``images/`` + ``labels/``), as ``lwmm-hub eval`` pairs them."""
     image_dir = Path(split_dir) / "images"
-    images = sorted(image_dir.glob("*.png")) if image_dir.is_dir() else []
+    if not image_dir.is_dir():
+        raise LwmmError(f"{image_dir}: no such folder (expected <split>/images/)")
+    images, labels = paired_files(Path(split_dir), labelled=with_labels, name=f"split {split_dir}")
     if not images:
-        raise LwmmError(f"{image_dir}: no PNG images (expected <split>/images/*.png)")
-    if not with_labels:
-        return [(image, None) for image in images]
-    label_dir = Path(split_dir) / "labels"
-    missing = [image.name for image in images if not (label_dir / image.name).is_file()]
-    if missing:
-        raise LwmmError(f"{label_dir}: no label for {missing[0]} ({len(missing)} missing)")
-    return [(image, label_dir / image.name) for image in images]
+        raise LwmmError(f"{image_dir}: no images")
+    return list(zip(images, labels if labels is not None else [None] * len(images)))
 
 
 def load_frames(split_dir: Path, *, size: tuple[int, int], with_labels: bool) -> FrameSet:
