@@ -9,11 +9,9 @@ from huggingface_hub import ModelCard
 
 from helpers import make_tiny_segformer
 from hf_lwmm.cli import main
-from hf_lwmm.evaluation.data import load_segmentation_data
-from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
-from test_eval import tiny_samples, write_paired_folder
+from test_eval import single_model_miou, tiny_samples, write_paired_folder
 
 
 @pytest.fixture
@@ -22,10 +20,6 @@ def setting(tmp_path):
     data = write_paired_folder(tmp_path / "data", tiny_samples(count=3))
     return tmp_path, models, data
 
-
-def mean_iou_of(folder, data) -> float:
-    report = evaluate_predictors([("m", folder)], [Predictor("m", (0,))], load_segmentation_data(str(data)), progress=False)
-    return report.rows[0].mean_iou
 
 
 def test_compare_reports_every_baseline_with_costs_and_the_best_anchor(setting, capsys):
@@ -41,7 +35,7 @@ def test_compare_reports_every_baseline_with_costs_and_the_best_anchor(setting, 
     assert result["anchor"] == anchor and result["recipes"]["layer-wise merge"]["anchor"] == anchor
 
     layerwise = merge(MergeRecipe(models=models, anchor=anchor), tmp_path / "layerwise", progress=False)
-    assert rows["layer-wise merge"]["mean_iou"] == pytest.approx(mean_iou_of(layerwise.output_dir, data), abs=1e-12)
+    assert rows["layer-wise merge"]["mean_iou"] == pytest.approx(single_model_miou(layerwise.output_dir, data), abs=1e-12)
     assert (output / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert f"anchor: {anchor}" in table and "Δ vs anchor" in table
@@ -61,5 +55,5 @@ def test_merge_eval_dataset_records_eval_results_in_the_card(setting):
     (result,) = card.data.eval_results
     assert (result.task_type, result.metric_type) == ("image-segmentation", "mean_iou")
     assert result.dataset_type == f"{tmp_path.name}/data"
-    assert result.metric_value == pytest.approx(mean_iou_of(output, data), abs=1e-12)
+    assert result.metric_value == pytest.approx(single_model_miou(output, data), abs=1e-12)
     assert "## Evaluation" in card.text

@@ -84,6 +84,12 @@ def expected_result(folders: list[Path], samples, *, label_map: dict[int, int] |
     return per_image_mean_iou(predictions, [label for _, label in samples], num_labels=num_labels, ignore_index=VOID, label_map=label_map)
 
 
+def single_model_miou(folder, data) -> float:
+    """mean IoU of one model folder on a dataset, through the evaluation API."""
+    report = evaluate_predictors([("m", folder)], [Predictor("m", (0,))], load_segmentation_data(str(data)), progress=False)
+    return report.rows[0].mean_iou
+
+
 def run_eval(*argv: str, output: Path) -> dict:
     assert main(["eval", *argv, "--output-json", str(output), "--batch-size", "2"]) == 0
     return json.loads(output.read_text())

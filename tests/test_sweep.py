@@ -10,11 +10,10 @@ from helpers import make_tiny_segformer
 from hf_lwmm.cli import main
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.data import load_segmentation_data
-from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
 from hf_lwmm.evaluation.sweep import default_start_layers, shared_layers, sweep_layerwise
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
-from test_eval import tiny_samples, write_paired_folder
+from test_eval import single_model_miou, tiny_samples, write_paired_folder
 
 
 @pytest.fixture
@@ -23,10 +22,6 @@ def setting(tmp_path):
     data = write_paired_folder(tmp_path / "data", tiny_samples(count=3))
     return tmp_path, models, data
 
-
-def evaluate_one(folder, data) -> float:
-    report = evaluate_predictors([("m", folder)], [Predictor("m", (0,))], load_segmentation_data(str(data)), progress=False)
-    return report.rows[0].mean_iou
 
 
 def test_default_start_layers_are_evenly_spaced():
@@ -43,11 +38,11 @@ def test_sweep_produces_every_point_and_each_equals_a_separate_merge(setting):
                              start_layers=[0, "block.2.0", 18], models_per_pass=4, progress=False)
     assert [(p.alpha, p.start_layer) for p in result.points] == [(a, s) for a in (0.2, 0.6) for s in (0, 7, 18)]
     assert result.start_layers == [0, 7, 18] and result.layers == layers
-    assert result.anchor_result.mean_iou == pytest.approx(evaluate_one(anchor, data), abs=1e-12)
+    assert result.anchor_result.mean_iou == pytest.approx(single_model_miou(anchor, data), abs=1e-12)
 
     chosen = result.point(0.6, 7)
     merged = merge(MergeRecipe(models=models, anchor=anchor, alpha=0.6, start_layer=7), tmp_path / "check", progress=False)
-    assert chosen.result.mean_iou == pytest.approx(evaluate_one(merged.output_dir, data), abs=1e-12)
+    assert chosen.result.mean_iou == pytest.approx(single_model_miou(merged.output_dir, data), abs=1e-12)
     assert chosen.start_layer_name == "block.2.0"
     assert len({round(p.result.mean_iou, 12) for p in result.points}) > 1  # the grid points are distinct models
     assert result.best().result.mean_iou == max(p.result.mean_iou for p in result.points)
