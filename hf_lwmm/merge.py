@@ -103,7 +103,7 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
     try:
-        result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(), sha256={}, hub_repo=hub_repo)
+        result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(layers), sha256={}, hub_repo=hub_repo)
         plot = _Beside(plot_layer_weights, result, staging / PLOT_NAME)  # the plot needs only the plan
         card_imports = threading.Thread(target=importlib.import_module, args=("huggingface_hub.repocard",), daemon=True)
         card_imports.start()  # imported while tensors stream (the loop mostly waits on I/O without the GIL)

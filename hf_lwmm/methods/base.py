@@ -60,6 +60,6 @@ class MergeMethod(ABC):
         """
         return weighted_average(tensors, weights)
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, layers: list[str]) -> dict[str, object]:
         """Method parameters recorded in the card."""
         return {}

@@ -123,7 +123,7 @@ class FisherMerge(MergeMethod):
         """Fisher-weighted average; a tensor without gradient (a buffer) has zero Fisher, i.e. the plain λ-average."""
         return fisher_weighted_average(tensors, (fisher.get(key) for fisher in self.fishers), weights)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, layers: list[str]) -> dict[str, Any]:
         options = self.recipe.method_options
         return {"fisher_data": str(options["fisher_data"]), "fisher_split": options.get("fisher_split"),
                 "fisher_samples": self.samples, "fisher_labels": "argmax prediction per pixel"}

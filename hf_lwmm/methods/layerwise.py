@@ -12,16 +12,15 @@ class LayerwiseMerge(MergeMethod):
     summary = "layer-wise merging: anchor weight α in early layers, rising linearly to 1 from the start layer"
 
     def layer_weights(self, layers: list[str], *, anchor: int) -> list[LayerWeights]:
-        self.start = resolve_start_layer(self.recipe.start_layer, layers)
-        self.start_name = layers[self.start]
         return layerwise_weights(
             layers,
             num_models=len(self.recipe.models),
             anchor=anchor,
             alpha=self.recipe.effective_alpha,
-            start=self.start,
+            start=resolve_start_layer(self.recipe.start_layer, layers),
             schedule=self.recipe.schedule,
         )
 
-    def describe(self) -> dict[str, object]:
-        return {"alpha": self.recipe.effective_alpha, "start_layer": self.start, "start_layer_name": self.start_name, "schedule": self.recipe.schedule}
+    def describe(self, layers: list[str]) -> dict[str, object]:
+        start = resolve_start_layer(self.recipe.start_layer, layers)
+        return {"alpha": self.recipe.effective_alpha, "start_layer": start, "start_layer_name": layers[start], "schedule": self.recipe.schedule}

@@ -16,5 +16,5 @@ class LinearMerge(MergeMethod):
         assert self.recipe.weights is not None
         return constant_weights(layers, list(self.recipe.weights))
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, layers: list[str]) -> dict[str, object]:
         return {"weights": list(self.recipe.weights or [])}
