@@ -23,6 +23,7 @@ import numpy as np
 
 from hf_lwmm.evaluation.metric import MeanIoU
 from hf_lwmm.evaluation.reference import PerImageMeanIoU, per_image_mean_iou
+from hf_lwmm.system import usable_cores
 
 IGNORE_INDEX = 255
 BATCH_SIZE = 8
@@ -78,7 +79,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Downcasting array dtype")  # the Hub pipeline's PNG encoding of int64 masks
 
     predictions, references = blocky_masks(args.images, height=args.height, width=args.width, classes=args.classes, seed=0)
-    print(f"{args.images} masks of {args.height}×{args.width}, {args.classes} classes, batches of {BATCH_SIZE}")
+    print(f"{args.images} masks of {args.height}×{args.width}, {args.classes} classes, batches of {BATCH_SIZE}, {usable_cores()} cores")
     ours_time, ours = timed(lambda: streamed(MeanIoU(), predictions, references, args.classes), repeats=3)
     numpy_time, numpy_result = timed(lambda: per_image_mean_iou(predictions, references, num_labels=args.classes, ignore_index=IGNORE_INDEX))
     hub_time, hub_result = timed(lambda: streamed(PerImageMeanIoU(keep_in_memory=True), predictions, references, args.classes))

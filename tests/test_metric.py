@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_lwmm.evaluation.confusion import confusion_matrix, iou_from_confusion
-from hf_lwmm.evaluation.metric import MeanIoU, PairCounts, _count_on_device, _count_on_host
+from hf_lwmm.evaluation.metric import MeanIoU, PairCounts, _histogram_on_device, _histogram_on_host, pair_histogram
 from hf_lwmm.evaluation.reference import PerImageMeanIoU, per_image_mean_iou
 
 # 2×3 masks; 255 is void. Per class (over the 5 non-void pixels):
@@ -137,11 +137,37 @@ def test_negative_reference_values_widen_the_window():
 def test_device_counting_matches_host_counting():
     rng = np.random.default_rng(0)
     prediction, reference = rng.integers(0, 5, (9, 11)), rng.integers(-1, 4, (9, 11))
-    window = PairCounts()
-    window.add(prediction, reference)
-    on_host = _count_on_host(prediction, reference, window)
-    np.testing.assert_array_equal(_count_on_device(torch.from_numpy(prediction), torch.from_numpy(reference), window), on_host)
-    np.testing.assert_array_equal(on_host, window.counts)
+    on_host, on_device = PairCounts(), PairCounts()
+    on_host.fold(_histogram_on_host(prediction, reference))
+    on_device.fold(_histogram_on_device(torch.from_numpy(prediction), torch.from_numpy(reference)))
+    assert (on_host.reference_low, on_host.prediction_low) == (on_device.reference_low, on_device.prediction_low) == (-1, 0)
+    np.testing.assert_array_equal(on_host.counts, on_device.counts)
+    expected = np.zeros((5, 5), dtype=np.int64)
+    np.add.at(expected, (reference.ravel() + 1, prediction.ravel()), 1)
+    np.testing.assert_array_equal(on_host.counts, expected)
+
+
+def test_histogram_of_byte_references_and_negative_predictions():
+    prediction = np.array([[-2, 0, 3], [3, 3, -2]])
+    reference = np.array([[0, 0, 255], [1, 1, 0]], dtype=np.uint8)
+    histogram = pair_histogram(prediction, reference)
+    assert (histogram.reference_low, histogram.prediction_low, histogram.counts.shape) == (0, -2, (256, 6))
+    counts = {(r, p): int(histogram.counts[r, p + 2]) for r in range(256) for p in range(-2, 4) if histogram.counts[r, p + 2]}
+    assert counts == {(0, -2): 2, (0, 0): 1, (255, 3): 1, (1, 3): 2}
+    widened = pair_histogram(prediction, reference.astype(np.int32))  # other dtypes: the window is the value range
+    assert (widened.reference_low, widened.counts.shape) == (0, (256, 6))
+    np.testing.assert_array_equal(widened.counts, histogram.counts)
+    assert pair_histogram(np.zeros((0, 3), dtype=int), np.zeros((0, 3), dtype=np.uint8)).counts.size == 0
+
+
+def test_a_bad_pair_in_a_batch_leaves_the_counts_unchanged():
+    metric = MeanIoU()
+    metric.add(prediction=np.array([[1, 0]]), reference=np.array([[1, 1]]))
+    before = metric.pair_counts.counts.copy()
+    with pytest.raises(ValueError):
+        metric.add_batch(predictions=[np.array([[1, 1]]), np.array([[1, 1]])], references=[np.array([[0, 0]]), np.array([[0, 0, 0]])])
+    np.testing.assert_array_equal(metric.pair_counts.counts, before)
+    assert len(metric) == 1
 
 
 def test_confusion_matrix_helpers_agree_with_the_metric():

@@ -9,7 +9,9 @@ pass. Counting raw values rather than classes keeps the Hub's call pattern: ``nu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from hf_lwmm.evaluation.confusion import iou_from_confusion
+from hf_lwmm.system import usable_cores
 
 _DESCRIPTION = """\
 Mean Intersection-over-Union of semantic segmentation masks, accumulated in a confusion matrix
@@ -43,6 +46,64 @@ Returns:
 _REDUCED_BACKGROUND = 255
 
 
+@dataclass(frozen=True)
+class PairHistogram:
+    """Pixel counts of one mask pair: ``counts[r, p]`` pixels with reference ``reference_low + r`` and
+    prediction ``prediction_low + p``."""
+
+    counts: np.ndarray
+    reference_low: int
+    prediction_low: int
+
+
+def pair_histogram(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> PairHistogram:
+    """Count the (reference, prediction) value pairs of two same-shaped integer masks, where they are."""
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction of shape {tuple(prediction.shape)} against reference of shape {tuple(reference.shape)}")
+    if not _pixel_count(prediction):
+        return PairHistogram(np.zeros((0, 0), dtype=np.int64), 0, 0)
+    on_device = isinstance(prediction, torch.Tensor) and prediction.device.type != "cpu"
+    return (_histogram_on_device if on_device else _histogram_on_host)(prediction, reference)
+
+
+def _histogram_on_host(prediction: np.ndarray, reference: np.ndarray) -> PairHistogram:
+    """One intp index ``prediction × width + reference`` and one bincount (the hot loop).
+
+    The reference is the minor axis: one-byte masks (label PNGs) need no range pass at all. The
+    prediction is the major axis, so bincount finds its range itself: the output length gives the
+    largest prediction, and bincount refuses negatives (only then is the minimum looked up).
+    """
+    if reference.dtype.itemsize == 1 and reference.dtype.kind in "ub":
+        reference_low, width = 0, 256
+    else:
+        reference_low, reference_high = int(reference.min()), int(reference.max())
+        width = reference_high - reference_low + 1
+    index = np.multiply(prediction.reshape(-1), width, dtype=np.intp)
+    index += reference.reshape(-1)
+    if reference_low:
+        index -= reference_low
+    try:
+        flat, prediction_low = np.bincount(index), 0
+    except ValueError:  # a negative prediction: shift by the smallest one
+        prediction_low = int(prediction.min())
+        index -= prediction_low * width
+        flat = np.bincount(index)
+    rows = -(-flat.size // width)
+    by_prediction = np.zeros(rows * width, dtype=np.int64)
+    by_prediction[: flat.size] = flat
+    return PairHistogram(by_prediction.reshape(rows, width).T, reference_low, prediction_low)
+
+
+def _histogram_on_device(prediction: torch.Tensor, reference: torch.Tensor) -> PairHistogram:
+    """Pair counts of accelerator tensors, counted where they are; only the counts travel."""
+    reference_low, reference_high = (int(value) for value in torch.aminmax(reference))
+    prediction_low, prediction_high = (int(value) for value in torch.aminmax(prediction))
+    rows, columns = reference_high - reference_low + 1, prediction_high - prediction_low + 1
+    index = (reference.long() - reference_low) * columns + (prediction.long() - prediction_low)
+    counts = torch.bincount(index.reshape(-1), minlength=rows * columns).reshape(rows, columns)
+    return PairHistogram(counts.cpu().numpy(), reference_low, prediction_low)
+
+
 @dataclass
 class PairCounts:
     """Pixel counts per (reference value, prediction value) over the window of values seen so far.
@@ -57,18 +118,19 @@ class PairCounts:
 
     def add(self, prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> None:
         """Fold one pair of same-shaped integer masks (numpy, or torch on any device)."""
-        if prediction.shape != reference.shape:
-            raise ValueError(f"prediction of shape {tuple(prediction.shape)} against reference of shape {tuple(reference.shape)}")
-        if not _pixel_count(prediction):
+        self.fold(pair_histogram(prediction, reference))
+
+    def fold(self, histogram: PairHistogram) -> None:
+        """Add one mask pair's counts, growing the window (copying the counts so far) to fit them."""
+        if not histogram.counts.size:
             return
-        reference_range = int(reference.min()), int(reference.max())
-        prediction_range = int(prediction.min()), int(prediction.max())
-        self._cover(reference_range, prediction_range)
-        on_device = isinstance(prediction, torch.Tensor) and prediction.device.type != "cpu"
-        self.counts += (_count_on_device if on_device else _count_on_host)(prediction, reference, self)
+        rows, columns = histogram.counts.shape
+        self._cover((histogram.reference_low, histogram.reference_low + rows - 1),
+                    (histogram.prediction_low, histogram.prediction_low + columns - 1))
+        top, left = histogram.reference_low - self.reference_low, histogram.prediction_low - self.prediction_low
+        self.counts[top : top + rows, left : left + columns] += histogram.counts
 
     def _cover(self, reference_range: tuple[int, int], prediction_range: tuple[int, int]) -> None:
-        """Grow the window (copying the counts so far) until both value ranges fit."""
         rows, columns = self.counts.shape
         if rows == 0:
             self.reference_low, self.prediction_low = reference_range[0], prediction_range[0]
@@ -101,24 +163,6 @@ class PairCounts:
         column_index = np.where((prediction_values >= 0) & (prediction_values < num_labels), prediction_values, num_labels)
         np.add.at(confusion, (row_index[kept, None], column_index[None, :]), self.counts[kept])
         return confusion
-
-
-def _count_on_host(prediction: np.ndarray, reference: np.ndarray, window: PairCounts) -> np.ndarray:
-    """Pair counts of numpy masks: one intp index buffer updated in place, then one bincount (the hot loop)."""
-    rows, columns = window.counts.shape
-    index = np.multiply(reference.reshape(-1), columns, dtype=np.intp)
-    index += prediction.reshape(-1)
-    offset = window.reference_low * columns + window.prediction_low
-    if offset:
-        index -= offset
-    return np.bincount(index, minlength=rows * columns).reshape(rows, columns)
-
-
-def _count_on_device(prediction: torch.Tensor, reference: torch.Tensor, window: PairCounts) -> np.ndarray:
-    """Pair counts of accelerator tensors, counted where they are; only the C² counts travel."""
-    rows, columns = window.counts.shape
-    index = (reference.long() - window.reference_low) * columns + (prediction.long() - window.prediction_low)
-    return torch.bincount(index.reshape(-1), minlength=rows * columns).reshape(rows, columns).cpu().numpy()
 
 
 def reference_classes(values: np.ndarray, *, label_map: Mapping[int, int] | None, reduce_labels: bool) -> np.ndarray:
@@ -205,19 +249,16 @@ class MeanIoU(evaluate.Metric):
         predicted, referenced = _masks(predictions, role="predictions"), _masks(references, role="references")
         if len(predicted) != len(referenced):
             raise ValueError(f"Mismatch in the number of predictions ({len(predicted)}) and references ({len(referenced)})")
-        for prediction, reference in zip(predicted, referenced):
-            self._fold(prediction, reference)
+        histograms = list(_histograms([_same_place(prediction, reference) for prediction, reference in zip(predicted, referenced)]))
+        for histogram in histograms:  # all counted before any is folded: a bad pair leaves the counts as they were
+            self._pairs.fold(histogram)
+        self._examples += len(predicted)
 
     def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:
         """Fold one mask pair into the counts."""
         if kwargs:
             raise ValueError(f"Bad inputs for evaluation module: {sorted(kwargs)}. All required inputs are ['predictions', 'references']")
-        self._fold(_as_integer_mask(prediction, role="prediction"), _as_integer_mask(reference, role="reference"))
-
-    def _fold(self, prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> None:
-        if isinstance(reference, torch.Tensor) != isinstance(prediction, torch.Tensor):
-            prediction, reference = _on_host(prediction), _on_host(reference)
-        self._pairs.add(prediction, reference)
+        self._pairs.add(*_same_place(_as_integer_mask(prediction, role="prediction"), _as_integer_mask(reference, role="reference")))
         self._examples += 1
 
     def compute(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> dict[str, Any]:
@@ -239,8 +280,27 @@ class MeanIoU(evaluate.Metric):
         return result
 
 
+def _same_place(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+    """Both masks on the accelerator, or both as numpy arrays on the host."""
+    if isinstance(reference, torch.Tensor) != isinstance(prediction, torch.Tensor):
+        return _on_host(prediction), _on_host(reference)
+    return prediction, reference
+
+
 def _on_host(mask: np.ndarray | torch.Tensor) -> np.ndarray:
     return mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+
+
+def _histograms(pairs: list[tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]) -> Iterator[PairHistogram]:
+    """Each pair's histogram; a batch of host masks is counted on all cores (numpy releases the GIL)."""
+    if len(pairs) < 2 or isinstance(pairs[0][0], torch.Tensor) or usable_cores() < 2:
+        return (pair_histogram(prediction, reference) for prediction, reference in pairs)
+    return _counting_pool().map(lambda pair: pair_histogram(*pair), pairs)
+
+
+@functools.cache
+def _counting_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="mean-iou")
 
 
 def _nan_replaced(value: Any, replacement: float) -> Any:
