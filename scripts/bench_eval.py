@@ -5,7 +5,7 @@ the same run, times (a) the forward passes alone on the preprocessed batches and
 loop (reading and preprocessing images, forward, resizing logits to the label size, argmax, gather,
 streaming mIoU; model loading included). Prints throughput ratio (b)/(a). Goal: ≥ 0.9.
 
-    python scripts/bench_eval.py [--images 16] [--height 512] [--width 1024] [--batch-size 4]
+    python scripts/bench_eval.py [--images 16] [--height 512] [--width 1024] [--batch-size 4] [--num-workers 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -46,27 +46,35 @@ def make_data(folder: Path, *, count: int, height: int, width: int) -> Path:
     return folder
 
 
-def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int) -> float:
-    """Forward passes alone, on the batches the eval loop sees (preprocessed beforehand, not timed)."""
+def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, device: torch.device) -> float:
+    """Forward passes alone, on the batches the eval loop sees (preprocessed and on the device beforehand, not timed)."""
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_folder).eval()
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_folder).eval().to(device)
     data = load_segmentation_data(str(data_folder))
     collate = Collator([AutoImageProcessor.from_pretrained(model_folder)], NUM_LABELS, data.ignore_index)
-    batches = [collate([data.samples[i] for i in range(start, min(start + batch_size, len(data)))])["pixel_values"][0]
+    batches = [collate([data.samples[i] for i in range(start, min(start + batch_size, len(data)))])["pixel_values"][0].to(device)
                for start in range(0, len(data), batch_size)]
     with torch.inference_mode():
         model(pixel_values=batches[0])  # warm-up
+        synchronize(device)
         start = time.perf_counter()
         for pixel_values in batches:
             model(pixel_values=pixel_values)
+        synchronize(device)
         return time.perf_counter() - start
 
 
-def eval_seconds(model_folder: Path, data_folder: Path, *, batch_size: int) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def eval_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, num_workers: int) -> float:
     data = load_segmentation_data(str(data_folder))
     start = time.perf_counter()
-    evaluate_predictors([("b0", model_folder)], [Predictor("b0", (0,))], data, batch_size=batch_size, progress=False)
+    evaluate_predictors([("b0", model_folder)], [Predictor("b0", (0,))], data, batch_size=batch_size, num_workers=num_workers,
+                        progress=False)
     return time.perf_counter() - start
 
 
@@ -76,15 +84,22 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, help="eval loop's image-reading processes (default: lwmm-hub eval's)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timings of each; medians are compared (default: 3)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lwmm-bench-eval-") as scratch:
         model = make_model(Path(scratch) / "model")
         data = make_data(Path(scratch) / "data", count=args.images, height=args.height, width=args.width)
-        eval_seconds(model, data, batch_size=args.batch_size)  # warm-up: imports, file cache
-        forward = forward_seconds(model, data, batch_size=args.batch_size)
-        loop = eval_seconds(model, data, batch_size=args.batch_size)
+        eval_seconds(model, data, batch_size=args.batch_size, num_workers=args.num_workers)  # warm-up: imports, file cache
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where accelerate puts the model
+        forwards, loops = [], []
+        for _ in range(args.rounds):  # alternating, so that load from other jobs on the machine hits both alike
+            forwards.append(forward_seconds(model, data, batch_size=args.batch_size, device=device))
+            loops.append(eval_seconds(model, data, batch_size=args.batch_size, num_workers=args.num_workers))
+    forward, loop = float(np.median(forwards)), float(np.median(loops))
     print(f"{args.images} images of {args.height}×{args.width} (labels too), batches of {args.batch_size}, MiT-B0 SegFormer at 512×512, "
-          f"{torch.get_num_threads()} torch threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+          f"{torch.get_num_threads()} torch threads, {'default' if args.num_workers is None else args.num_workers} reading workers, device {device.type}, "
+          f"median of {args.rounds} rounds")
     print(f"{'':<26}{'seconds':>9}{'images/s':>10}")
     print(f"{'forward passes only':<26}{forward:>9.2f}{args.images / forward:>10.2f}")
     print(f"{'eval loop (everything)':<26}{loop:>9.2f}{args.images / loop:>10.2f}")

@@ -17,7 +17,9 @@ from helpers import make_tiny_segformer
 from hf_lwmm.cli import main
 from hf_lwmm.evaluation.data import load_segmentation_data
 from hf_lwmm.evaluation.reference import per_image_mean_iou
-from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
+from hf_lwmm.errors import LwmmError
+from hf_lwmm.evaluation.data import Sample
+from hf_lwmm.evaluation.runner import Predictor, dataset_label, evaluate_predictors
 
 NUM_LABELS = 5
 VOID = 255
@@ -193,6 +195,19 @@ def test_label_ids_out_of_range_are_one_line(tmp_path, capsys):
     data = write_paired_folder(tmp_path / "data", samples)
     message = error_line(capsys, str(model), "--dataset", str(data))
     assert "frame_001.png: label value 9 is neither a class id 0–4 nor the ignore index 255" in message
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.uint16])
+def test_dataset_label_maps_void_and_rejects_other_values(dtype):
+    raw = np.array([[0, 4, 255], [3, 255, 1]], dtype=dtype)
+    label = dataset_label(Sample(None, raw, "x.png"), num_classes=5, ignore_index=255)
+    assert label.dtype == np.int16
+    np.testing.assert_array_equal(label, [[0, 4, -1], [3, -1, 1]])
+    raw[1, 2] = 7
+    with pytest.raises(LwmmError, match="x.png: label value 7 is neither"):
+        dataset_label(Sample(None, raw, "x.png"), num_classes=5, ignore_index=255)
+    no_void = dataset_label(Sample(None, np.array([[0, 1]], dtype=dtype), "y.png"), num_classes=2, ignore_index=-1)
+    np.testing.assert_array_equal(no_void, [[0, 1]])
 
 
 def test_split_that_does_not_exist_is_one_line(tmp_path, capsys):

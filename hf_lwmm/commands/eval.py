@@ -27,6 +27,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, flag: str, required: 
     group.add_argument("--ignore-index", type=int, help="label value of void pixels (default: classes.json's, else 255)")
     group.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
     group.add_argument("--max-samples", type=int, help="evaluate only the first N images")
+    group.add_argument("--num-workers", type=int, help="processes reading images while the models run "
+                       "(default: 0 on CPU, where they would compete for the same cores; else up to 4)")
     group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="autocast the forward passes")
 
 
@@ -46,7 +48,7 @@ def evaluation_options(args: argparse.Namespace) -> dict[str, object]:
     from hf_lwmm.evaluation.labels import load_label_map
 
     return {"label_map": load_label_map(args.label_map) if args.label_map else None, "batch_size": args.batch_size,
-            "mixed_precision": args.mixed_precision}
+            "mixed_precision": args.mixed_precision, "num_workers": args.num_workers}
 
 
 def run(args: argparse.Namespace) -> int:
