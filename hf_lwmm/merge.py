@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import json
 import multiprocessing
-import threading
+import queue
 import shutil
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,8 +83,6 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
 
     ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
     """
-    from hf_lwmm.card import PLOT_NAME, plot_layer_weights, write_card_files
-
     output_dir = Path(output_dir)
     recipe.validate()
     prepare_output_dir(output_dir, overwrite=overwrite)
@@ -104,17 +103,15 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
     try:
         result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(layers), sha256={}, hub_repo=hub_repo)
-        plot = _Beside(plot_layer_weights, result, staging / PLOT_NAME)  # the plot needs only the plan
-        card_imports = threading.Thread(target=importlib.import_module, args=("huggingface_hub.repocard",), daemon=True)
-        card_imports.start()  # imported while tensors stream (the loop mostly waits on I/O without the GIL)
+        card = _Beside(_card_beside_the_merge, result, staging)  # the plot needs only the plan; the card waits for the weights
         try:
-            _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+            written = _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+            written.record_in(result)
+            _copy_configs(models[anchor].folder, staging, recipe.dtype)
+            card.finish(written)
         except BaseException:
-            plot.cancel()
+            card.cancel()
             raise
-        plot.wait()
-        _copy_configs(models[anchor].folder, staging, recipe.dtype)
-        write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())
         _move_into_place(staging, output_dir)
     except BaseException:
@@ -123,12 +120,37 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     return result
 
 
-class _Beside:
-    """Run ``function(*args)`` beside the merge loop.
+@dataclass(frozen=True)
+class WrittenWeights:
+    """What writing the weights tells the card: file hashes and where each tensor came from."""
 
-    Drawing is pure Python and would compete with the loop for the GIL in a thread, so it runs in a
-    forked process on another core, but only while this is the process's only thread (forking with
-    other threads alive can deadlock the child on a lock they held); otherwise it runs in a thread.
+    sha256: dict[str, str]
+    merged_tensors: int
+    anchor_tensors: int
+
+    def record_in(self, result: MergeResult) -> None:
+        result.sha256, result.merged_tensors, result.anchor_tensors = dict(self.sha256), self.merged_tensors, self.anchor_tensors
+
+
+def _card_beside_the_merge(receive: Callable[[], WrittenWeights | None], result: MergeResult, folder: Path) -> None:
+    """Draw the plot and import the card machinery while the weights stream, then write the card once they are written."""
+    from hf_lwmm.card import PLOT_NAME, plot_layer_weights, write_card_files
+
+    plot_layer_weights(result, folder / PLOT_NAME)
+    importlib.import_module("huggingface_hub.repocard")
+    written = receive()
+    if written is not None:
+        written.record_in(result)
+        write_card_files(result, folder)
+
+
+class _Beside:
+    """Run ``function(receive, *args)`` beside the merge loop; :meth:`finish` hands ``receive`` one value.
+
+    Drawing and rendering are pure Python and would compete with the loop for the GIL in a thread, so
+    the function runs in a forked process on another core, but only while this is the process's only
+    thread (forking with other threads alive can deadlock the child on a lock they held); otherwise
+    it runs in a thread.
     """
 
     def __init__(self, function: Callable[..., None], *args: object) -> None:
@@ -136,14 +158,20 @@ class _Beside:
         self._process = None
         self._executor = None
         if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-            self._process = multiprocessing.get_context("fork").Process(target=function, args=args, daemon=True)
+            context = multiprocessing.get_context("fork")
+            receiving, sending = context.Pipe(duplex=False)
+            self._send: Callable[[object], None] = sending.send
+            self._process = context.Process(target=function, args=(receiving.recv, *args), daemon=True)
             self._process.start()
         else:
+            values: queue.SimpleQueue[object] = queue.SimpleQueue()
+            self._send = values.put
             self._executor = ThreadPoolExecutor(max_workers=1)
-            self._future = self._executor.submit(function, *args)
+            self._future = self._executor.submit(function, values.get, *args)
 
-    def wait(self) -> None:
-        """Wait for the task; re-raise its failure."""
+    def finish(self, value: object) -> None:
+        """Hand the task its value and wait for it; re-raise its failure."""
+        self._send(value)
         if self._process is not None:
             self._process.join()
             if self._process.exitcode != 0:
@@ -160,6 +188,7 @@ class _Beside:
             self._process.join()
         else:
             assert self._executor is not None
+            self._send(None)
             self._executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -170,21 +199,32 @@ def _output_dtype(info: TensorInfo, dtype: str | None) -> torch.dtype:
 
 
 def _write_weights(result: MergeResult, sources: list[TensorSource], method: MergeMethod, folder: Path, *,
-                   device: torch.device, progress: bool) -> None:
+                   device: torch.device, progress: bool) -> WrittenWeights:
     alignment, recipe = result.alignment, result.recipe
     anchor_source = sources[alignment.anchor]
-    weights_of_layer = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32) for entry in result.layer_weights}
+    weights_of_layer = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in result.layer_weights}
     keys = alignment.anchor_keys()
     plan = []
     for key in keys:
         info = anchor_source.infos[alignment.tensors[key].names[alignment.anchor]]
         plan.append(TensorInfo(info.name, _output_dtype(info, recipe.dtype), info.shape))
 
-    def tensors_of(key: str) -> Iterator[torch.Tensor]:
-        """Each model's copy of a tensor, read lazily so that one is in memory at a time."""
-        names = alignment.tensors[key].names
-        return (source.get(names[i]).to(device) for i, source in enumerate(sources))
+    # every copy of every merged tensor is read into this one buffer (the largest copy's size), so
+    # neither memory nor allocator churn grows with the number of models
+    largest_copy = max((sources[index].infos[name].nbytes for key in alignment.shared
+                        for index, name in alignment.tensors[key].names.items()), default=0)
+    read_buffer = torch.empty(largest_copy, dtype=torch.uint8)
 
+    def tensors_of(key: str, *, kept: bool = False) -> Iterator[torch.Tensor]:
+        """Each model's copy of a tensor, read lazily into the read buffer: a copy is valid until the next is drawn.
+
+        ``kept``: a buffer each, for callers that hold every copy (tiny BN statistics).
+        """
+        names = alignment.tensors[key].names
+        tensors = (source.get(names[i], into=None if kept else read_buffer) for i, source in enumerate(sources))
+        return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
+
+    merged_tensors = anchor_tensors = 0
     bar = tqdm(total=len(keys), desc="merging", unit="tensor", disable=not progress)
     with bar, ShardedSafetensorsWriter(folder, plan, max_shard_size=recipe.max_shard_size, metadata={"merged_by": "hf_lwmm"}) as writer:
         for key, out in zip(keys, plan):
@@ -195,23 +235,22 @@ def _write_weights(result: MergeResult, sources: list[TensorSource], method: Mer
                            or (recipe.bn_stats == "anchor" and key.endswith((_RUNNING_MEAN, _RUNNING_VAR))))
             if from_anchor:
                 tensor = anchor_source.get(out.name).to(out.dtype)
-                result.anchor_tensors += 1
+                anchor_tensors += 1
             else:
-                tensor = _merge_one(key, tensors_of, weights.to(device), method, recipe.bn_stats)
-                tensor = tensor.to(out.dtype)
+                tensor = _merge_one(key, tensors_of, weights, method, recipe.bn_stats).to(out.dtype)
                 if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():  # a finite sum proves it cheaply
                     raise CorruptWeightsError(f"merged tensor {out.name!r} has NaN or inf values: check the inputs ({', '.join(alignment.labels)})")
-                result.merged_tensors += 1
+                merged_tensors += 1
             writer.write(out.name, tensor)
-    result.sha256 = dict(writer.sha256)
+    return WrittenWeights(dict(writer.sha256), merged_tensors, anchor_tensors)
 
 
-def _merge_one(key: str, tensors_of: Callable[[str], Iterator[torch.Tensor]], weights: torch.Tensor, method: MergeMethod,
+def _merge_one(key: str, tensors_of: Callable[..., Iterator[torch.Tensor]], weights: torch.Tensor, method: MergeMethod,
                bn_stats: str) -> torch.Tensor:
     """Merge one shared floating tensor; BatchNorm running statistics follow ``bn_stats`` (gaussian or linear)."""
     if key.endswith(_RUNNING_VAR) and bn_stats == "gaussian":
-        means = list(tensors_of(key[: -len(_RUNNING_VAR)] + _RUNNING_MEAN))
-        return gaussian_bn_stats(means, list(tensors_of(key)), weights)[1]
+        means = list(tensors_of(key[: -len(_RUNNING_VAR)] + _RUNNING_MEAN, kept=True))
+        return gaussian_bn_stats(means, list(tensors_of(key, kept=True)), weights)[1]
     if key.endswith((_RUNNING_MEAN, _RUNNING_VAR)):
         return weighted_average(tensors_of(key), weights)
     return method.merge_tensor(key, tensors_of(key), weights)

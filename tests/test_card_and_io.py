@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
@@ -78,3 +79,11 @@ def test_writer_streams_exact_bytes(tmp_path):
     fresh += 1  # fresh buffers, not a read-only memory map
     assert torch.equal(source.get("a"), tensors["a"])
     assert parse_size("5GB") == 5 * 10**9 and parse_size("10KiB") == 10240
+    buffer = torch.zeros(64, dtype=torch.uint8)
+    first = source.get("a", into=buffer)
+    assert torch.equal(first, tensors["a"]) and first.data_ptr() == buffer.data_ptr()  # read into the given buffer
+    second = source.get("c", into=buffer)
+    assert torch.equal(second, tensors["c"]) and second.data_ptr() == first.data_ptr()  # the same memory, reused
+    assert not torch.equal(first, tensors["a"])  # ...so the first copy is gone, as merge_tensor's contract says
+    with pytest.raises(ValueError, match="at least 24 bytes"):
+        source.get("a", into=torch.zeros(8, dtype=torch.uint8))

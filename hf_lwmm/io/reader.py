@@ -71,9 +71,21 @@ class TensorSource:
     def names(self) -> list[str]:
         return list(self.infos)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Return a fresh (writable, not memory-mapped) tensor."""
+    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the tensor in a writable buffer of its own (not memory-mapped).
+
+        ``into``: a 1-D uint8 buffer of at least the tensor's size to read into instead of a fresh one
+        (the tensor is then a view of it, valid until the buffer is reused).
+        """
         raise NotImplementedError
+
+    def _buffer(self, name: str, into: torch.Tensor | None) -> torch.Tensor:
+        size = self.infos[name].nbytes
+        if into is None:
+            return torch.empty(size, dtype=torch.uint8)  # unlike bytearray, not zero-filled first
+        if into.dtype != torch.uint8 or into.dim() != 1 or into.numel() < size:
+            raise ValueError(f"buffer for {name!r} must be 1-D uint8 with at least {size} bytes")
+        return into[:size]
 
 
 class SafetensorsSource(TensorSource):
@@ -87,14 +99,14 @@ class SafetensorsSource(TensorSource):
         self._handles: dict[Path, BinaryIO] = {}  # one open file per shard, closed with the source
         super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
         entry = self._entries[name]
         size = entry.stop - entry.start
         if size == 0:
             return torch.empty(entry.info.shape, dtype=entry.info.dtype)
         if entry.file not in self._handles:
             self._handles[entry.file] = open(entry.file, "rb", buffering=0)
-        buffer = torch.empty(size, dtype=torch.uint8)  # unlike bytearray, not zero-filled first
+        buffer = self._buffer(name, into)
         view, done = memoryview(buffer.numpy()), 0
         while done < size:
             read = os.preadv(self._handles[entry.file].fileno(), [view[done:]], entry.start + done)
@@ -111,8 +123,11 @@ class StateDictSource(TensorSource):
         self._tensors = tensors
         super().__init__(label, {n: TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()})
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name].clone()
+    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        tensor = self._tensors[name]
+        if not tensor.numel():
+            return tensor.clone()
+        return self._buffer(name, into).view(tensor.dtype).reshape(tensor.shape).copy_(tensor)
 
 
 def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> TensorSource:

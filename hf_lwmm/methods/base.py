@@ -56,7 +56,8 @@ class MergeMethod(ABC):
     def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """Combine one shared floating tensor; the default is the weighted average.
 
-        ``tensors`` yields each model's copy lazily: consume it once, without holding every copy.
+        ``tensors`` yields each model's copy lazily, all in one buffer: a copy is valid only until the
+        next is drawn, so fold each in before moving on (copy it to keep it).
         """
         return weighted_average(tensors, weights)
 
