@@ -243,13 +243,17 @@ def _predictions(models: list[LoadedModel], predictors: Sequence[Predictor], bat
 
 
 def resized_logits(entry: LoadedModel, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits resized (bilinear) to each label's size, in a batch padded like the labels.
+    """The model's logits for the batch, resized to each label's size (see :func:`resize_to_labels`)."""
+    return resize_to_labels(entry.model(pixel_values=batch["pixel_values"][entry.processor_index]).logits, batch)
+
+
+def resize_to_labels(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits resized (bilinear, float32) to each label's size, in a batch padded like the labels.
 
     Channels-last, so that the argmax and softmax over classes read contiguous memory (3× faster
     than over channel planes, which costs as much as the forward pass of a small model on a CPU).
     """
-    logits = entry.model(pixel_values=batch["pixel_values"][entry.processor_index]).logits.float()
-    logits = logits.contiguous(memory_format=torch.channels_last)
+    logits = logits.float().contiguous(memory_format=torch.channels_last)
     sizes = batch["sizes"].tolist()
     if all(size == sizes[0] for size in sizes):
         return F.interpolate(logits, size=tuple(batch["labels"].shape[-2:]), mode="bilinear", align_corners=False)
