@@ -155,12 +155,13 @@ def test_label_map_file_routes_classes_and_drops_unmapped_ones(tmp_path):
     assert row["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
 
 
-def test_images_of_different_sizes_share_a_batch(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_images_of_different_sizes_share_a_batch(tmp_path, workers):
     model = make_tiny_segformer(tmp_path / "model", num_labels=NUM_LABELS)
     samples = tiny_samples(seed=4, count=3)
     samples[1] = (samples[1][0][:11, :15], samples[1][1][:11, :15])
     data = write_paired_folder(tmp_path / "data", samples)
-    result = run_eval(str(model), "--dataset", str(data), output=tmp_path / "result.json")
+    result = run_eval(str(model), "--dataset", str(data), "--num-workers", workers, output=tmp_path / "result.json")
     assert result["rows"][0]["mean_iou"] == pytest.approx(expected_result([model], samples)["mean_iou"], abs=1e-12)
 
 
@@ -208,6 +209,12 @@ def test_dataset_label_maps_void_and_rejects_other_values(dtype):
         dataset_label(Sample(None, raw, "x.png"), num_classes=5, ignore_index=255)
     no_void = dataset_label(Sample(None, np.array([[0, 1]], dtype=dtype), "y.png"), num_classes=2, ignore_index=-1)
     np.testing.assert_array_equal(no_void, [[0, 1]])
+
+
+def test_negative_worker_count_is_one_line(tmp_path, capsys):
+    model = make_tiny_segformer(tmp_path / "model")
+    data = write_paired_folder(tmp_path / "data", tiny_samples(count=2))
+    assert "--num-workers -1: must be 0" in error_line(capsys, str(model), "--dataset", str(data), "--num-workers", "-1")
 
 
 def test_split_that_does_not_exist_is_one_line(tmp_path, capsys):
