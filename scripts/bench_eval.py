@@ -15,6 +15,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,15 +49,20 @@ def make_data(folder: Path, *, count: int, height: int, width: int) -> Path:
     return folder
 
 
-def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, device: torch.device) -> float:
-    """Forward passes alone, on the batches the eval loop sees (preprocessed and on the device beforehand, not timed)."""
+def outside_the_loop(model_folder: Path, data_folder: Path, *, batch_size: int, device: torch.device) -> tuple[Any, Collator, Any, list[range]]:
+    """What the eval loop would use, set up by hand: the model on ``device``, the collator, the data, the batches' indices."""
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     model = AutoModelForSemanticSegmentation.from_pretrained(model_folder).eval().to(device)
     data = load_segmentation_data(str(data_folder))
     collate = Collator([AutoImageProcessor.from_pretrained(model_folder)], NUM_LABELS, data.ignore_index)
-    batches = [collate([data.samples[i] for i in range(start, min(start + batch_size, len(data)))])["pixel_values"][0].to(device)
-               for start in range(0, len(data), batch_size)]
+    return model, collate, data, [range(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
+
+
+def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, device: torch.device) -> float:
+    """Forward passes alone, on the batches the eval loop sees (preprocessed and on the device beforehand, not timed)."""
+    model, collate, data, indices = outside_the_loop(model_folder, data_folder, batch_size=batch_size, device=device)
+    batches = [collate([data.samples[i] for i in batch])["pixel_values"][0].to(device) for batch in indices]
     with torch.inference_mode():
         model(pixel_values=batches[0])  # warm-up
         synchronize(device)
@@ -69,17 +75,13 @@ def forward_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, d
 
 def stage_seconds(model_folder: Path, data_folder: Path, *, batch_size: int, device: torch.device) -> dict[str, float]:
     """The eval loop's other stages, each timed alone on the same batches: where time beyond the forward goes."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_folder).eval().to(device)
-    data = load_segmentation_data(str(data_folder))
-    collate = Collator([AutoImageProcessor.from_pretrained(model_folder)], NUM_LABELS, data.ignore_index)
+    model, collate, data, indices = outside_the_loop(model_folder, data_folder, batch_size=batch_size, device=device)
     seconds = dict.fromkeys(("read images and labels (PNG decode)", "preprocess images, check labels", "resize logits to labels + argmax",
                              "streaming mIoU"), 0.0)
     metric = MeanIoU()
-    for start in range(0, len(data), batch_size):
+    for batch_indices in indices:
         began = time.perf_counter()
-        samples = [data.samples[i] for i in range(start, min(start + batch_size, len(data)))]
+        samples = [data.samples[i] for i in batch_indices]
         read = time.perf_counter()
         batch = collate(samples)
         collated = time.perf_counter()
