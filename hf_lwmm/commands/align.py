@@ -1,4 +1,9 @@
-"""``lwmm-hub align A B …``: which tensors the models share, grouped by layer."""
+"""Which tensors the models share, grouped by layer: shared, shape-mismatch, or only in some models.
+
+examples:
+  lwmm-hub align org/uda-a org/uda-b
+  lwmm-hub align ./a ./b ./c --anchor ./b
+"""
 
 from __future__ import annotations
 

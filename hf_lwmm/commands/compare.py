@@ -1,5 +1,9 @@
-"""``lwmm-hub compare A B … --dataset DATA``: layer-wise merging against single models, isotropic and
-Fisher merges and the output ensemble: mIoU, Δ vs the anchor, and relative inference cost."""
+"""Layer-wise merging against single models, isotropic and Fisher merges and the output ensemble:
+mean IoU, difference to the anchor, and relative inference cost, as tables, compare.json and compare.png.
+
+example:
+  lwmm-hub compare org/uda-a org/uda-b org/uda-c --dataset ./dusk-val --fisher-data ./dusk-train-images
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""``lwmm-hub demo``: build small source models and merge them with every method (offline, no token)."""
+"""Build small source models and merge them with every method: offline, no token, no data.
+
+examples:
+  lwmm-hub demo
+  lwmm-hub demo -o /tmp/lwmm-demo --overwrite --methods layerwise,isotropic
+"""
 
 from __future__ import annotations
 

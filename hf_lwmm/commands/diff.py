@@ -1,5 +1,9 @@
-"""``lwmm-hub diff A B [--tau 0.1 …]``: per layer, the fraction of shared parameters whose relative
-difference |a−b| / max(|a|, |b|, ε) exceeds τ (the paper's Fig. 2), as a table, a plot and JSON."""
+"""Per layer, the fraction of shared parameters whose relative difference |a-b| / max(|a|, |b|, eps)
+exceeds tau (the paper's Fig. 2), as a table, a plot and JSON.
+
+example:
+  lwmm-hub diff org/uda-a org/uda-b --tau 0.1 0.5 --plot diff.png --json diff.json
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""``lwmm-hub eval MODEL [MODEL …] --dataset DATA``: mean IoU of each model (and their output ensemble)."""
+"""Mean IoU of each model (and of their output ensemble) on a segmentation dataset.
+
+examples:
+  lwmm-hub eval merged org/uda-a --dataset ./dusk-val
+  lwmm-hub eval org/uda-a org/uda-b --ensemble --dataset org/cityscapes-val@main --split validation --max-samples 100
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
-"""``lwmm-hub sweep A B … --dataset DATA --anchor A``: mean IoU of the layer-wise merge over a grid of
-α (anchor weight in early layers) and start layers (where it begins rising to 1), against the anchor
-alone: a table, ``sweep.json`` and ``sweep.png`` (mIoU vs start layer, one line per α)."""
+"""Mean IoU of the layer-wise merge over a grid of alpha (anchor weight in early layers) and start
+layers (where it begins rising to 1), against the anchor alone: a table, sweep.json and sweep.png
+(mean IoU against the start layer, one line per alpha).
+
+example:
+  lwmm-hub sweep org/uda-a org/uda-b --anchor org/uda-a --dataset ./dusk-val --alphas 0.25,0.5 --start-layers 0,4,8
+"""
 
 from __future__ import annotations
 
