@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
 
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.report import text_table
 from hf_lwmm.recipe import MergeRecipe
@@ -120,7 +120,7 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
     anchor_entry = [(f"anchor {anchor}", resolve(anchor).folder)]
     anchor_result: RowResult | None = None
     points: list[SweepPoint] = []
-    with tqdm(total=len(grid), desc="sweep", unit="merge", disable=not progress) as bar:
+    with progress_bar(total=len(grid), desc="sweep", unit="merge", enabled=progress) as bar:
         for first in range(0, len(grid), models_per_pass):
             chunk = list(zip(grid[first: first + models_per_pass], recipes[first: first + models_per_pass]))
             with tempfile.TemporaryDirectory(prefix="lwmm-sweep-") as scratch:
