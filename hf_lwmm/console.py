@@ -109,9 +109,9 @@ def _set_library_bars(*, enabled: bool) -> None:
 
             (transformers_logging.enable_progress_bar if enabled else transformers_logging.disable_progress_bar)()
         if "datasets" in sys.modules:
-            from datasets.utils import tqdm as datasets_tqdm
+            from datasets import utils as datasets_utils
 
-            (datasets_tqdm.enable_progress_bars if enabled else datasets_tqdm.disable_progress_bars)()
+            (datasets_utils.enable_progress_bars if enabled else datasets_utils.disable_progress_bars)()
         else:
             _set_environment("HF_DATASETS_DISABLE_PROGRESS_BARS", None if enabled else "1")
 

@@ -1,0 +1,159 @@
+"""What a user sees in the terminal: plain-text help with an example for every command, -q/-v, and
+progress bars only on a terminal (the libraries' own bars and logs silenced through their controls)."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from helpers import make_tiny_segformer
+from hf_lwmm.cli import COMMANDS, build_parser, main
+from hf_lwmm.console import Verbosity, configure
+from hub_server import HubServer, hub  # noqa: F401  (hub: fixture)
+from test_eval import tiny_samples, write_paired_folder
+
+LWMM_HUB = str(Path(sys.executable).with_name("lwmm-hub"))
+RST = re.compile(r"``|:(class|func|mod|meth|attr|data|ref):`")
+
+
+@pytest.fixture(autouse=True)
+def default_verbosity():
+    """Each in-process command run sets the process's verbosity; leave it at the default for the other tests."""
+    yield
+    configure(Verbosity.NORMAL)
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"lwmm-hub": parser, **action.choices}
+
+
+@pytest.mark.parametrize("name", ["lwmm-hub", *COMMANDS])
+def test_help_is_plain_text_with_an_example(name):
+    text = command_parsers()[name].format_help()
+    assert not RST.search(text), RST.search(text)
+    examples = [line.strip() for line in text.splitlines() if line.strip().startswith("lwmm-hub ")]
+    assert re.search(r"^examples?:$", text, re.M) and examples, text
+    if name != "lwmm-hub":
+        assert all(line.split()[1] == name for line in examples)
+    assert "-q, --quiet" in text and "-v, --verbose" in text
+
+
+def test_quiet_and_verbose_go_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).verbosity is Verbosity.NORMAL
+    assert parser.parse_args(["-q", "demo"]).verbosity is Verbosity.QUIET
+    assert parser.parse_args(["demo", "--quiet"]).verbosity is Verbosity.QUIET
+    assert parser.parse_args(["-v", "align", "a", "b"]).verbosity is Verbosity.VERBOSE
+    assert parser.parse_args(["align", "a", "b", "-v"]).verbosity is Verbosity.VERBOSE
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "-q", "-v"])
+
+
+def run(*argv: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([LWMM_HUB, *argv], capture_output=True, text=True, timeout=300, **options)
+
+
+def test_quiet_demo_prints_only_the_result_table(tmp_path):
+    done = run("demo", "-q", "--methods", "isotropic,linear", "-o", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["method", "merged", "anchor", "layers", "agree", "output", "/", "sha256"]
+    assert set(lines[1]) == {"-"} and len(lines) == 4
+    assert [line.split()[0] for line in lines[2:]] == ["isotropic", "linear"]
+    assert [line.split()[1:4] for line in lines[2:]] == [["205", "3", "22"]] * 2  # merged / from the anchor / layers
+    assert "\r" not in done.stdout
+
+
+@pytest.fixture
+def repo_without_a_recipe(hub: HubServer, monkeypatch) -> str:
+    """A Hub repo with files, none of which reproduce asks for."""
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    api = HfApi()
+    api.create_repo(f"{hub.user}/not-a-merge")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=f"{hub.user}/not-a-merge")
+    return f"{hub.user}/not-a-merge"
+
+
+def test_library_warnings_are_silenced_unless_verbose(repo_without_a_recipe):
+    quiet = run("reproduce", repo_without_a_recipe, env=dict(os.environ))
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [f"lwmm-hub reproduce: error: {repo_without_a_recipe}: the repo has no lwmm_recipe.yaml "
+                                         "(was it pushed by lwmm-hub?)"]
+    verbose = run("reproduce", repo_without_a_recipe, "-v", env=dict(os.environ))
+    assert verbose.returncode == 2
+    lines = verbose.stderr.splitlines()
+    assert any(line.startswith("No files matched allow_patterns=") for line in lines), lines  # huggingface_hub's warning
+    assert lines[-1] == quiet.stderr.splitlines()[-1]
+
+
+def terminal_pair() -> tuple[int, int]:
+    """A pseudo-terminal of 100 columns (a fresh one has none, and a bar would be drawn empty)."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    return primary, secondary
+
+
+def test_a_bar_shows_on_a_terminal_only(tmp_path):
+    first, second = (make_tiny_segformer(tmp_path / name, seed=seed) for seed, name in enumerate("ab"))
+    primary, secondary = terminal_pair()
+    process = subprocess.Popen([LWMM_HUB, "diff", str(first), str(second)], stdout=subprocess.PIPE, stderr=secondary)
+    os.close(secondary)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(primary)
+    stdout = process.stdout.read().decode() if process.stdout else ""
+    assert process.wait(timeout=60) == 0
+    assert "comparing" in terminal.decode() and "\r" in terminal.decode()
+    assert "comparing" not in stdout and "\r" not in stdout
+    quiet_primary, quiet_secondary = terminal_pair()
+    quiet = subprocess.run([LWMM_HUB, "diff", str(first), str(second), "-q"], stdout=subprocess.PIPE, stderr=quiet_secondary, timeout=60)
+    os.close(quiet_secondary)
+    os.set_blocking(quiet_primary, False)
+    try:
+        leftover = os.read(quiet_primary, 4096)
+    except (BlockingIOError, OSError):
+        leftover = b""
+    os.close(quiet_primary)
+    assert quiet.returncode == 0 and leftover == b""
+
+
+def test_no_command_writes_carriage_returns_without_a_terminal(tmp_path, capfd):
+    """Every command in-process on tiny models and data: fd-level capture sees the libraries' writes too."""
+    models = [str(make_tiny_segformer(tmp_path / f"model_{i}", seed=i)) for i in range(2)]
+    data = str(write_paired_folder(tmp_path / "data", tiny_samples(count=2)))
+    merged = str(tmp_path / "merged")
+    runs = [
+        ["merge", *models, "-o", merged, "--eval-dataset", data],
+        ["align", *models],
+        ["diff", *models],
+        ["eval", merged, models[0], "--dataset", data, "--ensemble"],
+        ["compare", *models, "--dataset", data, "--output-dir", str(tmp_path / "compare")],
+        ["sweep", *models, "--dataset", data, "--alphas", "0.5", "--start-layers", "0,9", "--output-dir", str(tmp_path / "sweep")],
+        ["reproduce", merged],
+    ]
+    for argv in runs:
+        assert main(argv) == 0, argv
+        out, err = capfd.readouterr()
+        assert "\r" not in out and "\r" not in err, argv
+        assert err == "", (argv, err)
