@@ -157,3 +157,45 @@ def test_no_command_writes_carriage_returns_without_a_terminal(tmp_path, capfd):
         out, err = capfd.readouterr()
         assert "\r" not in out and "\r" not in err, argv
         assert err == "", (argv, err)
+
+
+def hand_made_report(tmp_path):
+    from hf_lwmm.evaluation.data import DataSource
+    from hf_lwmm.evaluation.runner import EvaluationReport, RowResult
+
+    folder = tmp_path / "dusk" / "val"
+    folder.mkdir(parents=True)
+    rows = [RowResult("fine", 1, 0.5, 0.6, 0.7, {"sky": 0.4, "road": 0.6, "pole": 0.5}),
+            RowResult("coarse", 1, 0.55, 0.6, 0.7, {"sky": 0.5, "road": 0.6, "pole": None}),
+            RowResult("merge", 1, 0.525, 0.6, 0.7, {"sky": 0.45, "road": 0.6, "pole": 0.525})]
+    return EvaluationReport(DataSource(str(folder), split=None), ["sky", "road", "pole"], 6, rows)
+
+
+def test_tables_explain_the_dash_and_compare_only_means_over_the_same_classes(tmp_path):
+    from hf_lwmm.evaluation.report import MISSING_NOTE, comparison_table, per_class_table
+
+    report = hand_made_report(tmp_path)
+    table = per_class_table(report).splitlines()
+    assert table[0] == "dataset dusk/val, 6 images"
+    assert next(line for line in table if line.startswith("pole")).split() == ["pole", "50.00", "—", "52.50"]
+    assert table[-1] == MISSING_NOTE
+    lines = comparison_table(report, anchor="fine").splitlines()
+    assert [line.split()[:3] for line in lines[2:5]] == [["fine", "50.00", "—"], ["coarse", "55.00", "n/a"], ["merge", "52.50", "+2.50"]]
+    assert lines[5] == "mIoU % on dusk/val, 6 images"
+    assert lines[6].startswith("n/a: the row scores other classes than the anchor's 3")
+    report.rows[1].per_class_iou["pole"] = 0.55
+    assert MISSING_NOTE not in per_class_table(report)
+    assert "n/a" not in comparison_table(report, anchor="fine")
+
+
+def test_sweep_table_names_the_data_and_the_unit(tmp_path):
+    from hf_lwmm.evaluation.sweep import SweepPoint, SweepResult, sweep_table
+
+    report = hand_made_report(tmp_path)
+    anchor, merged = report.rows[0], report.rows[2]
+    result = SweepResult("fine", anchor, ["block.0.0", "block.1.0"], [0.5], [0, 1],
+                         [SweepPoint(0.5, 0, "block.0.0", merged), SweepPoint(0.5, 1, "block.1.0", anchor)],
+                         source=report.source, samples=report.samples)
+    lines = sweep_table(result).splitlines()
+    assert lines[0] == "mIoU % on dusk/val, 6 images of the layer-wise merge, by start layer (rows) and α (columns)"
+    assert lines[3].split() == ["0", "block.0.0", "52.50*"] and lines[4].split() == ["1", "block.1.0", "50.00"]
