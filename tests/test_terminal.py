@@ -199,3 +199,16 @@ def test_sweep_table_names_the_data_and_the_unit(tmp_path):
     lines = sweep_table(result).splitlines()
     assert lines[0] == "mIoU % on dusk/val, 6 images of the layer-wise merge, by start layer (rows) and α (columns)"
     assert lines[3].split() == ["0", "block.0.0", "52.50*"] and lines[4].split() == ["1", "block.1.0", "50.00"]
+
+
+def test_align_reports_what_models_of_different_depths_share(tmp_path, capsys):
+    shallow, deep = make_tiny_segformer(tmp_path / "shallow"), make_tiny_segformer(tmp_path / "deep", depths=[1, 2, 1, 1])
+    assert main(["align", str(shallow), str(deep)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "tensors: 124 shared, 0 shape-mismatch, 22 not-in-every-model"
+    assert lines[2] == "encoder depths differ (blocks per stage): [0] [1, 1, 1, 1], [1] [1, 2, 1, 1]"
+    assert lines[3] == "shared by all: stage 0: block 0 of 1; stage 1: block 0 of 2; stage 2: block 0 of 1; stage 3: block 0 of 1"
+    by_layer = {line.split()[0]: line.split(None, 1)[1] for line in lines[5:]}
+    assert by_layer["block.1.0"] == "22 shared" and by_layer["block.1.1"] == "22 tensors only in [1]"
+    assert main(["merge", str(shallow), str(deep), "-o", str(tmp_path / "merged")]) == 2  # the merge still refuses
+    assert "encoder depths [1, 2, 1, 1]" in capsys.readouterr().err
