@@ -212,3 +212,21 @@ def test_align_reports_what_models_of_different_depths_share(tmp_path, capsys):
     assert by_layer["block.1.0"] == "22 shared" and by_layer["block.1.1"] == "22 tensors only in [1]"
     assert main(["merge", str(shallow), str(deep), "-o", str(tmp_path / "merged")]) == 2  # the merge still refuses
     assert "encoder depths [1, 2, 1, 1]" in capsys.readouterr().err
+
+
+def test_reproduce_names_the_source_that_changed(tmp_path, capsys):
+    from hf_lwmm.io import sha256_of
+
+    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    output = tmp_path / "merged"
+    assert main(["merge", *map(str, models), "-o", str(output)]) == 0
+    recorded = sha256_of(models[1] / "model.safetensors")
+    make_tiny_segformer(models[1], seed=7)  # the source changes under the recorded recipe
+    current = sha256_of(models[1] / "model.safetensors")
+    capsys.readouterr()
+    assert main(["reproduce", str(output)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"  {models[0]}  (local folder: no commit to pin, used as it is now; weights unchanged)"
+    assert lines[2] == f"  {models[1]}  (local folder: no commit to pin, used as it is now; CHANGED since the merge)"
+    assert lines[3] == f"    model.safetensors: recorded {recorded[:16]}, now {current[:16]}"
+    assert lines[-1] == f"MISMATCH: the weights differ from the published ones ({models[1]} changed since the merge)"
