@@ -172,7 +172,8 @@ def _depth_report(alignment: Alignment) -> list[str]:
     shared = []
     for stage in sorted(blocks):
         count = next((block for block in sorted(blocks[stage]) if not blocks[stage][block]), len(blocks[stage]))
-        shared.append(f"stage {stage}: {'none' if not count else f'blocks 0–{count - 1}' if count > 1 else 'block 0'} of {max(len(blocks[stage]), 1)}")
+        first = {0: "none", 1: "block 0"}.get(count, f"blocks 0–{count - 1}")
+        shared.append(f"stage {stage}: {first} of {len(blocks[stage])}")
     lines.append("shared by all: " + "; ".join(shared))
     lines.append("(lwmm-hub merge refuses models of different depths; the layers below show what they share)")
     return lines

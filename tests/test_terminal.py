@@ -15,13 +15,13 @@ import termios
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi
-
 from helpers import make_tiny_segformer
+from hub_server import HubServer, hub  # noqa: F401  (hub: fixture)
+from huggingface_hub import HfApi
+from test_eval import tiny_samples, write_paired_folder
+
 from hf_lwmm.cli import COMMANDS, build_parser, main
 from hf_lwmm.console import Verbosity, configure
-from hub_server import HubServer, hub  # noqa: F401  (hub: fixture)
-from test_eval import tiny_samples, write_paired_folder
 
 LWMM_HUB = str(Path(sys.executable).with_name("lwmm-hub"))
 RST = re.compile(r"``|:(class|func|mod|meth|attr|data|ref):`")
@@ -157,6 +157,11 @@ def test_no_command_writes_carriage_returns_without_a_terminal(tmp_path, capfd):
         out, err = capfd.readouterr()
         assert "\r" not in out and "\r" not in err, argv
         assert err == "", (argv, err)
+    assert main(["eval", merged, "--dataset", data, "--output-json", str(tmp_path / "eval.json"), "-q"]) == 0
+    out, err = capfd.readouterr()
+    assert out.splitlines()[0].startswith("dataset ") and "results →" not in out and err == ""
+    assert main(["eval", merged, "--dataset", data, "--output-json", str(tmp_path / "eval.json")]) == 0
+    assert capfd.readouterr().out.splitlines()[-1] == f"results → {tmp_path / 'eval.json'}"
 
 
 def hand_made_report(tmp_path):
@@ -172,7 +177,11 @@ def hand_made_report(tmp_path):
 
 
 def test_tables_explain_the_dash_and_compare_only_means_over_the_same_classes(tmp_path):
-    from hf_lwmm.evaluation.report import MISSING_NOTE, comparison_table, per_class_table
+    from hf_lwmm.evaluation.report import (
+        MISSING_NOTE,
+        comparison_table,
+        per_class_table,
+    )
 
     report = hand_made_report(tmp_path)
     table = per_class_table(report).splitlines()

@@ -57,6 +57,7 @@ def evaluation_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_lwmm.console import note
     from hf_lwmm.evaluation.report import per_class_table, write_json
     from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
     from hf_lwmm.refs import resolve
@@ -69,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     print(per_class_table(report))
     if args.output_json:
         write_json(args.output_json, report)
-        print(f"results → {args.output_json}")
+        note(f"results → {args.output_json}")
     return 0

@@ -53,6 +53,7 @@ def parse_start_layers(text: str | None) -> list[int | str] | None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from hf_lwmm.console import note
     from hf_lwmm.evaluation.sweep import sweep_layerwise, sweep_plot, sweep_table
 
     if len(args.models) < 2:
@@ -65,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     sweep_plot(args.output_dir / "sweep.png", result)
-    print(f"results → {args.output_dir / 'sweep.json'}, {args.output_dir / 'sweep.png'}")
+    note(f"results → {args.output_dir / 'sweep.json'}, {args.output_dir / 'sweep.png'}")
     return 0
