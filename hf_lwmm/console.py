@@ -45,6 +45,11 @@ PLAIN_LOGGERS = ("accelerate",)
 #: modules whose Python warnings are silenced (``warnings.warn`` calls the libraries offer no switch for)
 WARNING_MODULES = r"(transformers|huggingface_hub|datasets|evaluate|accelerate|torch|safetensors)(\.|$)"
 
+#: level names the libraries' environment variables take
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
+
+#: the process's verbosity, how many bars are shown now, and the user's values of environment variables overridden
 _state: dict[str, Any] = {"verbosity": Verbosity.NORMAL, "open_bars": 0, "environment": {}}
 
 
@@ -70,10 +75,6 @@ def _set_library_level(library: str, module: str, variable: str, *, silent: bool
         importlib.import_module(module).set_verbosity(logging.ERROR if silent else default)
     else:
         _set_environment(variable, "error" if silent else None)
-
-
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
-           "critical": logging.CRITICAL}
 
 
 def _original(variable: str) -> str | None:
@@ -123,7 +124,8 @@ def _set_library_warnings(*, silent: bool) -> None:
     elif not silent and ours:
         for item in ours:
             warnings.filters.remove(item)
-        warnings.filterwarnings("default", module=WARNING_MODULES, append=True)  # tells the module its filters changed
+        # through the public call, so that warnings remembered as ignored are shown again (a last-place "default" changes nothing else)
+        warnings.filterwarnings("default", module=WARNING_MODULES, append=True)
 
 
 def note(*lines: str) -> None:
@@ -134,8 +136,8 @@ def note(*lines: str) -> None:
 
 def bars_enabled() -> bool:
     """Whether a bar would show now: not quiet, stderr is a terminal, no other bar open."""
-    stream = sys.stderr
-    return verbosity() > Verbosity.QUIET and bool(getattr(stream, "isatty", None)) and stream.isatty() and not _state["open_bars"]
+    on_terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    return verbosity() > Verbosity.QUIET and on_terminal and not _state["open_bars"]
 
 
 class _StageBar(tqdm):

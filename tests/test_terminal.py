@@ -239,3 +239,28 @@ def test_reproduce_names_the_source_that_changed(tmp_path, capsys):
     assert lines[2] == f"  {models[1]}  (local folder: no commit to pin, used as it is now; CHANGED since the merge)"
     assert lines[3] == f"    model.safetensors: recorded {recorded[:16]}, now {current[:16]}"
     assert lines[-1] == f"MISMATCH: the weights differ from the published ones ({models[1]} changed since the merge)"
+
+
+def test_verbosity_goes_through_the_libraries_own_switches_and_back():
+    import logging
+    import warnings
+
+    import datasets
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    configure(Verbosity.NORMAL)
+    assert transformers_logging.get_verbosity() == logging.ERROR and hub_logging.get_verbosity() == logging.ERROR
+    assert datasets.utils.logging.get_verbosity() == logging.ERROR and logging.getLogger("accelerate").level == logging.ERROR
+    assert are_progress_bars_disabled() and not transformers_logging.is_progress_bar_enabled()
+    assert datasets.utils.are_progress_bars_disabled()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn_explicit("from a library", UserWarning, "x.py", 1, module="transformers.models.x")
+    assert caught == []
+    configure(Verbosity.VERBOSE)
+    assert transformers_logging.get_verbosity() == logging.WARNING and hub_logging.get_verbosity() == logging.WARNING
+    assert not are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn_explicit("from a library", UserWarning, "x.py", 2, module="transformers.models.x")
+    assert [str(w.message) for w in caught] == ["from a library"]
