@@ -11,6 +11,7 @@ every model's mIoU on dusk/val (11 classes, 480×360, void ignored; the coarse m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_zoo: error: {err}", file=sys.stderr)
         return 2
     print(zoo_table(entries))
+    manifest = json.loads((args.out / "zoo.json").read_text())
+    for entry in manifest["tuning"]:
+        verdict = "accepted" if entry["accepted"] else "rejected"
+        print(f"tuning {entry['run']} try {entry['number']} {entry['strategy_options']}: dusk/val "
+              f"{100 * entry['dusk_val']:.1f} vs source-only {100 * entry['source_only_dusk_val']:.1f} ({verdict})")
     print(f"\nzoo in {args.out} ({len(entries)} models), built in {(time.perf_counter() - started) / 60:.1f} min "
           f"on {settings.device} with {args.threads} threads")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -72,6 +73,7 @@ def camvid(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "classes.json").write_text(json.dumps({"id2label": dict(enumerate(CLASSES)), "ignore_index": VOID}))
     write_split(root / "day" / "train", count=6, seed=0, dark=False, with_labels=True)
+    write_split(root / "day" / "val", count=2, seed=50, dark=False, with_labels=True)
     write_split(root / "day" / "test", count=3, seed=100, dark=False, with_labels=True)
     write_split(root / "dusk" / "train", count=4, seed=200, dark=True, with_labels=False)
     write_split(root / "dusk" / "val", count=3, seed=300, dark=True, with_labels=True)
@@ -150,6 +152,7 @@ STRATEGIES = {
     "entropy": {"weight": 0.5},
     "mean_teacher_mix": {"ema": 0.9, "confidence": 0.5, "weight": 1.0},
     "adversarial": {"weight": 0.01, "discriminator_width": 4, "discriminator_lr": 1e-3},
+    "fourier": {"beta": 0.1},
 }
 
 
@@ -242,11 +245,22 @@ def test_build_zoo_writes_loadable_hub_folders_and_resumes(camvid: Path, tmp_pat
     entries = build_zoo(settings)
     names = [entry.name for entry in entries]
     series = ["mean-teacher-step0001", "mean-teacher-step0002", "mean-teacher-step0003", "mean-teacher"]
-    assert names == ["base", "source-only", "minent", *series, "adversarial", "coarse-objects", "head-256"]
+    assert names == ["base", "source-only", "minent", *series, "adversarial", "fourier", "coarse-objects", "head-256"]
     manifest = json.loads((settings.output_dir / "zoo.json").read_text())
     assert manifest["checkpoint_series"] == {"mean-teacher": series}
-    for entry in entries:
+    source_only = manifest["models"][1]["scores"]["dusk_val"]
+    for run in ("minent", "mean-teacher", "adversarial", "fourier"):  # each UDA run beat source-only, or tried every setting
+        tries = [entry for entry in manifest["tuning"] if entry["run"] == run]
+        accepted = [entry for entry in tries if entry["accepted"]]
+        assert len(accepted) == 1 and all(entry["source_only_dusk_val"] == source_only for entry in tries)
+        final = next(model for model in manifest["models"] if model["name"] == run)
+        assert final["scores"]["dusk_val"] == pytest.approx(accepted[0]["dusk_val"], abs=1e-4)
+        assert final["recipe"]["strategy_options"] == accepted[0]["strategy_options"]
+        assert accepted[0]["dusk_val"] > source_only or len(tries) == 2
+    for entry, recorded in zip(entries, manifest["models"]):
         folder = settings.output_dir / entry.name
+        assert recorded["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        assert recorded["recipe"]["steps"] >= 1 and recorded["device"] == "cpu"
         model = AutoModelForSemanticSegmentation.from_pretrained(folder)
         processor = AutoImageProcessor.from_pretrained(folder)
         assert processor.size == {"height": 36, "width": 48}
@@ -256,8 +270,9 @@ def test_build_zoo_writes_loadable_hub_folders_and_resumes(camvid: Path, tmp_pat
         assert metadata["role"] == entry.role and model.config.num_labels == entry.num_labels
         card = (folder / "README.md").read_text()
         assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card and "strategy:" in card
+    assert manifest["models"][0]["recipe"]["source_splits"] == ["day/train", "day/val"]
     assert "unlabelled CamVid `dusk/train`" in (settings.output_dir / "minent" / "README.md").read_text()
-    assert "`day/train` only" in (settings.output_dir / "source-only" / "README.md").read_text()
+    assert "unlabelled CamVid `dusk/train`" not in (settings.output_dir / "source-only" / "README.md").read_text()
     coarse = AutoModelForSemanticSegmentation.from_pretrained(settings.output_dir / "coarse-objects")
     assert coarse.config.id2label[2] == "object" and coarse.config.num_labels == 9
     assert AutoModelForSemanticSegmentation.from_pretrained(settings.output_dir / "head-256").config.decoder_hidden_size == 256
@@ -266,12 +281,12 @@ def test_build_zoo_writes_loadable_hub_folders_and_resumes(camvid: Path, tmp_pat
     assert not torch.equal(base["segformer.encoder.block.0.0.attention.self.query.weight"],
                            wide["segformer.encoder.block.0.0.attention.self.query.weight"])  # fine-tuned, not copied
 
-    weights_before = (settings.output_dir / "minent" / "model.safetensors").read_bytes()
-    again = build_zoo(settings)
+    again = build_zoo(settings)  # resumed: nothing is trained again
     assert [entry.name for entry in again] == names
-    assert [entry.train_seconds for entry in again] == [round(entry.train_seconds, 1) for entry in entries]
-    assert [entry.scores for entry in again] == [replace(entry.scores, day_test=round(entry.scores.day_test, 4),
-                                                         dusk_val=round(entry.scores.dusk_val, 4)) for entry in entries]
-    assert (settings.output_dir / "minent" / "model.safetensors").read_bytes() == weights_before
+    assert [(entry.sha256, entry.train_seconds) for entry in again] == [(entry.sha256, entry.train_seconds) for entry in entries]
+    assert json.loads((settings.output_dir / "zoo.json").read_text())["models"] == manifest["models"]
     table = zoo_table(again)
     assert table.count("\n") == len(names) + 1 and "coarse-objects" in table
+
+    rebuilt = build_zoo(replace(settings, output_dir=tmp_path / "zoo-again"))  # a second build from scratch
+    assert [(entry.name, entry.sha256) for entry in rebuilt] == [(entry.name, entry.sha256) for entry in entries]

@@ -6,7 +6,10 @@ from its card), and a run interrupted midway restarts from its last saved traini
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,15 +18,16 @@ import torch
 from transformers import SegformerForSemanticSegmentation, SegformerImageProcessorPil
 
 from hf_lwmm.errors import LwmmError
-from hf_lwmm.zoo.data import FrameSet, LabelSet, dataset_label_set, fold_classes, load_frames
+from hf_lwmm.zoo.data import FrameSet, LabelSet, concatenate_frames, dataset_label_set, fold_classes, load_frames
 from hf_lwmm.zoo.evaluate import EvalSet, load_eval_set, mean_iou
 from hf_lwmm.zoo.export import ModelCardInfo, Scores, is_complete, model_card, read_card, recipe_dict, write_model_folder
 from hf_lwmm.zoo.model import Resolution, count_parameters, model_from_base, processor_normalisation, zoo_config, zoo_processor
-from hf_lwmm.zoo.plan import BASE_NAME, COARSE_CLASS, COARSE_FOLD, ModelSpec, zoo_plan
+from hf_lwmm.zoo.plan import BASE_NAME, COARSE_CLASS, COARSE_FOLD, SOURCE_ONLY, ModelSpec, zoo_plan
 from hf_lwmm.zoo.strategies import uses_target_images
-from hf_lwmm.zoo.train import TrainingData, train
+from hf_lwmm.zoo.train import TrainingData, TrainingRecipe, train
 
 MANIFEST = "zoo.json"
+TRIES_DIR = ".tries"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,21 @@ class ZooEntry:
     parameters: int
     scores: Scores
     train_seconds: float  # wall time of its run up to this model (training + scoring of earlier checkpoints)
+    sha256: str  # of its model.safetensors
+    recipe: dict[str, object]  # the training recipe (see TrainingRecipe), as its card records it
+    device: str  # where it was trained
+
+
+@dataclass(frozen=True)
+class TuningTry:
+    """One setting of a UDA strategy that was trained and scored on dusk/val (recorded in ``zoo.json``)."""
+
+    run: str
+    number: int
+    strategy_options: dict[str, float]
+    dusk_val: float
+    source_only_dusk_val: float
+    accepted: bool
 
 
 @dataclass(frozen=True)
@@ -65,19 +84,46 @@ class ZooData:
     coarse_labels: LabelSet
 
 
+def labelled_day_splits(data_root: Path) -> list[Path]:
+    """Every labelled day split but ``day/test`` (CamVid: train and val), in name order."""
+    return sorted(split for split in (Path(data_root) / "day").iterdir()
+                  if split.name != "test" and (split / "labels").is_dir())
+
+
 def load_zoo_data(data_root: Path, *, processor: SegformerImageProcessorPil, resolution: Resolution) -> ZooData:
-    """The four CamVid day/dusk splits the zoo uses (dusk/train without labels, as UDA requires)."""
+    """The CamVid day/dusk splits the zoo uses (dusk/train without labels, as UDA requires)."""
     if not Path(data_root).is_dir():
         raise LwmmError(f"{data_root}: data folder not found")
     labels = dataset_label_set(data_root)
+    day = [load_frames(split, size=resolution.size, with_labels=True) for split in labelled_day_splits(data_root)]
     return ZooData(
-        day_train=load_frames(data_root / "day" / "train", size=resolution.size, with_labels=True),
+        day_train=concatenate_frames(day),
         dusk_train=load_frames(data_root / "dusk" / "train", size=resolution.size, with_labels=False),
         day_test=load_eval_set(data_root / "day" / "test", processor=processor, name="day/test"),
         dusk_val=load_eval_set(data_root / "dusk" / "val", processor=processor, name="dusk/val"),
         labels=labels,
         coarse_labels=fold_classes(labels, folded=COARSE_FOLD, into=COARSE_CLASS, name="coarse"),
     )
+
+
+def weights_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    with open(Path(folder) / "model.safetensors", "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_commit() -> str | None:
+    """The git commit of the code that trains the zoo (``+dirty`` when ``hf_lwmm/`` has uncommitted changes)."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=package, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 class ZooBuilder:
@@ -89,6 +135,7 @@ class ZooBuilder:
         self.processor = zoo_processor(settings.resolution)
         self.work_dir = settings.output_dir / ".training-state"
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.tuning: list[TuningTry] = []
 
     def label_set(self, spec: ModelSpec) -> LabelSet:
         return self.data.coarse_labels if spec.coarse_classes else self.data.labels
@@ -97,39 +144,48 @@ class ZooBuilder:
         return Scores(day_test=mean_iou(model, self.data.day_test, label_set=label_set),
                       dusk_val=mean_iou(model, self.data.dusk_val, label_set=label_set))
 
-    def save(self, spec: ModelSpec, folder_name: str, model: SegformerForSemanticSegmentation, *, step: int,
-             started: float) -> ZooEntry:
+    def card_recipe(self, spec: ModelSpec, recipe: TrainingRecipe, step: int) -> dict[str, object]:
+        """The recipe a model's card and ``zoo.json`` record: the training recipe and what it trained on."""
+        return {**recipe_dict(recipe), "stopped_at_step": step, "classes": self.label_set(spec).name,
+                "decoder_hidden_size": spec.decoder_hidden_size, "resolution": list(self.settings.resolution.size),
+                "source_splits": [f"day/{split.name}" for split in labelled_day_splits(self.settings.data_root)]}
+
+    def save(self, spec: ModelSpec, recipe: TrainingRecipe, folder: Path, model: SegformerForSemanticSegmentation, *,
+             step: int, started: float) -> ZooEntry:
         """Scores ``model`` and writes its folder; checkpoints before the last are tagged as such."""
-        is_final = folder_name == spec.name
+        is_final = folder.name == spec.name
         label_set = self.label_set(spec)
         scores = self.scores(model, label_set)
         seconds = time.perf_counter() - started
-        recipe = {**recipe_dict(spec.recipe), "stopped_at_step": step,
-                  "classes": label_set.name, "decoder_hidden_size": spec.decoder_hidden_size,
-                  "resolution": list(self.settings.resolution.size)}
+        card_recipe = self.card_recipe(spec, recipe, step)
         role = spec.role if is_final else "checkpoint"
-        summary = spec.summary if is_final else f"Checkpoint at step {step} of {spec.recipe.steps} of the `{spec.name}` run. {spec.summary}"
-        metadata = {"role": role, "strategy": spec.recipe.strategy, "run": spec.name, "step": step,
-                    "train_seconds": round(seconds, 1)}
-        info = ModelCardInfo(name=folder_name, summary=summary, role=role, recipe=recipe, scores=scores,
+        summary = spec.summary if is_final else f"Checkpoint at step {step} of {recipe.steps} of the `{spec.name}` run. {spec.summary}"
+        metadata = {"role": role, "strategy": recipe.strategy, "run": spec.name, "step": step,
+                    "train_seconds": round(seconds, 1), "device": self.settings.device.type, "recipe": card_recipe}
+        info = ModelCardInfo(name=folder.name, summary=summary, role=role, recipe=card_recipe, scores=scores,
                              parameters=count_parameters(model), train_seconds=seconds,
                              base=None if spec.role == "base" else BASE_NAME, zoo_metadata=metadata,
-                             uses_dusk_images=uses_target_images(spec.recipe.strategy))
-        write_model_folder(self.settings.output_dir / folder_name, model=model, processor=self.processor,
-                           card=model_card(info, model))
-        return ZooEntry(name=folder_name, role=role, strategy=spec.recipe.strategy, num_labels=model.config.num_labels,
-                        decoder_hidden_size=model.config.decoder_hidden_size, parameters=count_parameters(model),
-                        scores=scores, train_seconds=seconds)
+                             uses_dusk_images=uses_target_images(recipe.strategy))
+        write_model_folder(folder, model=model, processor=self.processor, card=model_card(info, model))
+        return read_entry(folder)
 
-    def finished_entries(self, spec: ModelSpec) -> list[ZooEntry] | None:
-        """Entries of a run whose every folder is complete (read back, not retrained), else None."""
-        folders = [self.settings.output_dir / name for name in spec.folder_names()]
+    def finished_entries(self, spec: ModelSpec, recipe: TrainingRecipe, root: Path) -> list[ZooEntry] | None:
+        """Entries of a run whose every folder is complete and was trained by ``recipe``, else None."""
+        folders = [root / name for name in spec.folder_names()]
         if not all(is_complete(folder) for folder in folders):
             return None
-        return [read_entry(folder) for folder in folders]
+        entries = [read_entry(folder) for folder in folders]
+        wanted = recipe_dict(recipe)
+        if any({key: entry.recipe.get(key) for key in wanted} != wanted for entry in entries):
+            return None  # left by a build with other settings or code: trained again
+        return entries
 
-    def run(self, spec: ModelSpec, start: SegformerForSemanticSegmentation) -> list[ZooEntry]:
-        """Trains ``spec`` from ``start`` (resuming a saved state), writing each checkpoint's folder."""
+    def run(self, spec: ModelSpec, recipe: TrainingRecipe, start: SegformerForSemanticSegmentation, *, root: Path,
+            state_name: str) -> list[ZooEntry]:
+        """Trains ``recipe`` from ``start`` (resuming a saved state), writing each checkpoint's folder under ``root``."""
+        finished = self.finished_entries(spec, recipe, root)
+        if finished is not None:
+            return finished
         label_set = self.label_set(spec)
         data = TrainingData(source=self.data.day_train, target=self.data.dusk_train, label_set=label_set,
                             normalisation=processor_normalisation(self.processor))
@@ -137,57 +193,95 @@ class ZooBuilder:
         entries: list[ZooEntry] = []
 
         def on_checkpoint(model: SegformerForSemanticSegmentation, number: int, step: int) -> None:
-            folder_name = spec.folder_names()[number - 1]
-            if is_complete(self.settings.output_dir / folder_name):
-                entries.append(read_entry(self.settings.output_dir / folder_name))
-            else:
-                entries.append(self.save(spec, folder_name, model, step=step, started=started))
+            entries.append(self.save(spec, recipe, root / spec.folder_names()[number - 1], model, step=step, started=started))
 
-        train(start, recipe=spec.recipe, data=data, device=self.settings.device,
-              state_path=self.work_dir / f"{spec.name}.pt", on_checkpoint=on_checkpoint, description=spec.name)
+        train(start, recipe=recipe, data=data, device=self.settings.device, state_path=self.work_dir / f"{state_name}.pt",
+              on_checkpoint=on_checkpoint, description=state_name)
         return entries
 
     def base_model(self, spec: ModelSpec) -> tuple[SegformerForSemanticSegmentation, list[ZooEntry]]:
         """The base: loaded when its folder is complete, else trained from a seeded random initialisation."""
-        finished = self.finished_entries(spec)
-        if finished is not None:
-            model = SegformerForSemanticSegmentation.from_pretrained(self.settings.output_dir / spec.name)
-            return model, finished
-        torch.manual_seed(spec.recipe.seed)
-        model = SegformerForSemanticSegmentation(zoo_config(label_set=self.data.labels, decoder_hidden_size=spec.decoder_hidden_size))
-        entries = self.run(spec, model)
-        return model, entries
+        root = self.settings.output_dir
+        finished = self.finished_entries(spec, spec.recipe, root)
+        if finished is None:
+            torch.manual_seed(spec.recipe.seed)
+            model = SegformerForSemanticSegmentation(zoo_config(label_set=self.data.labels, decoder_hidden_size=spec.decoder_hidden_size))
+            finished = self.run(spec, spec.recipe, model, root=root, state_name=spec.name)
+        return SegformerForSemanticSegmentation.from_pretrained(root / spec.name), finished
+
+    def fine_tune(self, spec: ModelSpec, base: SegformerForSemanticSegmentation, source_only: ZooEntry | None) -> list[ZooEntry]:
+        """A fine-tune from the base; a UDA strategy tries its settings until one beats source-only on dusk/val.
+
+        Tries live in ``.tries/<run>/<n>/`` until one is accepted (or, when none beats source-only,
+        the best is taken and ``zoo.json`` says so); the accepted try's folders move into the zoo.
+        """
+        root = self.settings.output_dir
+
+        def start() -> SegformerForSemanticSegmentation:
+            return model_from_base(base, base_labels=self.data.labels, label_set=self.label_set(spec),
+                                   decoder_hidden_size=spec.decoder_hidden_size, seed=spec.recipe.seed)
+
+        if not spec.must_beat_source_only or source_only is None:
+            return self.run(spec, spec.recipe, start(), root=root, state_name=spec.name)
+        bar = source_only.scores.dusk_val
+        tries: list[tuple[TrainingRecipe, list[ZooEntry], Path]] = []
+        for number, recipe in enumerate(spec.tries(), start=1):
+            accepted = self.finished_entries(spec, recipe, root)
+            if accepted is not None:  # accepted in an earlier build
+                tries.append((recipe, accepted, root))
+                break
+            try_root = root / TRIES_DIR / spec.name / str(number)
+            try_root.mkdir(parents=True, exist_ok=True)
+            entries = self.run(spec, recipe, start(), root=try_root, state_name=f"{spec.name}-try{number}")
+            tries.append((recipe, entries, try_root))
+            if entries[-1].scores.dusk_val > bar:
+                break
+        best = max(range(len(tries)), key=lambda index: tries[index][1][-1].scores.dusk_val)
+        for number, (recipe, entries, _) in enumerate(tries, start=1):
+            self.tuning.append(TuningTry(run=spec.name, number=number, strategy_options=dict(recipe.strategy_options),
+                                         dusk_val=entries[-1].scores.dusk_val, source_only_dusk_val=bar,
+                                         accepted=number - 1 == best))
+        _, entries, try_root = tries[best]
+        if try_root != root:
+            for name in spec.folder_names():
+                shutil.rmtree(root / name, ignore_errors=True)
+                (try_root / name).rename(root / name)
+            entries = [read_entry(root / name) for name in spec.folder_names()]
+        return entries
 
     def build(self) -> list[ZooEntry]:
+        started = time.perf_counter()
         base_spec, fine_tunes = zoo_plan(seed=self.settings.seed, steps_scale=self.settings.steps_scale, crop=self.settings.crop)
         base, entries = self.base_model(base_spec)
-        write_manifest(self.settings.output_dir, entries, fine_tunes)
+        self.write_manifest(entries, fine_tunes, started)
         base.to(self.settings.device).eval()
+        source_only: ZooEntry | None = None
         for spec in fine_tunes:
-            finished = self.finished_entries(spec)
-            if finished is None:
-                start = model_from_base(base, base_labels=self.data.labels, label_set=self.label_set(spec),
-                                        decoder_hidden_size=spec.decoder_hidden_size, seed=spec.recipe.seed)
-                finished = self.run(spec, start)
+            finished = self.fine_tune(spec, base, source_only)
+            if spec.name == SOURCE_ONLY:
+                source_only = finished[-1]
             entries.extend(finished)
-            write_manifest(self.settings.output_dir, entries, fine_tunes)
+            self.write_manifest(entries, fine_tunes, started)
         return entries
+
+    def write_manifest(self, entries: list[ZooEntry], fine_tunes: list[ModelSpec], started: float) -> None:
+        """``zoo.json``: every model (role, scores, sha256, recipe), the checkpoint series, the tuning tries, the code."""
+        series = {spec.name: spec.folder_names() for spec in fine_tunes if spec.recipe.checkpoints > 1}
+        manifest = {"models": [asdict(entry) for entry in entries], "checkpoint_series": series,
+                    "tuning": [asdict(entry) for entry in self.tuning], "code_commit": code_commit(),
+                    "device": self.settings.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "build_seconds_this_run": round(time.perf_counter() - started, 1)}
+        (self.settings.output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def read_entry(folder: Path) -> ZooEntry:
-    """A finished model's entry from its folder: classes from its config, scores and time from its card."""
+    """A finished model's entry from its folder: classes from its config, scores, recipe and time from its card."""
     model = SegformerForSemanticSegmentation.from_pretrained(folder)
     scores, zoo = read_card(folder)
     return ZooEntry(name=folder.name, role=zoo["role"], strategy=zoo["strategy"], num_labels=model.config.num_labels,
                     decoder_hidden_size=model.config.decoder_hidden_size, parameters=count_parameters(model),
-                    scores=scores, train_seconds=float(zoo["train_seconds"]))
-
-
-def write_manifest(output_dir: Path, entries: list[ZooEntry], fine_tunes: list[ModelSpec]) -> None:
-    """``zoo.json``: every model with its role and scores, and the checkpoint series in step order."""
-    series = {spec.name: spec.folder_names() for spec in fine_tunes if spec.recipe.checkpoints > 1}
-    manifest = {"models": [asdict(entry) for entry in entries], "checkpoint_series": series}
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                    scores=scores, train_seconds=float(zoo["train_seconds"]), sha256=weights_sha256(folder),
+                    recipe=dict(zoo.get("recipe", {})), device=str(zoo.get("device", "unknown")))
 
 
 def build_zoo(settings: BuildSettings) -> list[ZooEntry]:

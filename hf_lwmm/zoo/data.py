@@ -95,6 +95,16 @@ def split_files(split_dir: Path, *, with_labels: bool) -> list[tuple[Path, Path 
     return list(zip(images, labels if labels is not None else [None] * len(images)))
 
 
+def concatenate_frames(frame_sets: Sequence[FrameSet]) -> FrameSet:
+    """Several splits as one (e.g. CamVid day/train and day/val); all labelled or all unlabelled."""
+    labelled = [frames.labels is not None for frames in frame_sets]
+    if not frame_sets or len(set(labelled)) != 1:
+        raise LwmmError("concatenate_frames: needs one or more splits, all labelled or all unlabelled")
+    labels = torch.cat([frames.labels for frames in frame_sets]) if labelled[0] else None  # type: ignore[misc]
+    return FrameSet(torch.cat([frames.images for frames in frame_sets]), labels,
+                    tuple(name for frames in frame_sets for name in frames.names))
+
+
 def load_frames(split_dir: Path, *, size: tuple[int, int], with_labels: bool) -> FrameSet:
     """Decode a split once, resized to ``size`` = (height, width): bilinear images, nearest labels."""
     height, width = size

@@ -12,6 +12,9 @@ add a term computed on target (dusk) images only, never on target labels:
 * ``adversarial``: output-space adversarial adaptation (Tsai et al., AdaptSegNet, CVPR 2018): a small
   fully convolutional discriminator tells source from target softmax maps; the segmenter learns to
   fool it on target images.
+* ``fourier``: Fourier domain adaptation (Yang & Soatto, FDA, CVPR 2020): each source image takes the
+  low-frequency amplitude spectrum of a target image (its global colour and brightness) and keeps its
+  phase (its content); the segmenter learns the source labels on these target-styled images.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class Strategy(ABC):
     """One training recipe; auxiliary networks (teacher, discriminator) live here and resume with the run."""
 
     uses_target: bool = True
+
+    @classmethod
+    def create(cls, student: nn.Module, options: dict[str, float]) -> "Strategy":
+        """The strategy with its recipe options; those with auxiliary networks build them from ``student``."""
+        return cls(**options)
 
     @abstractmethod
     def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
@@ -108,6 +116,10 @@ def classmix_masks(labels: torch.Tensor, generator: torch.Generator) -> torch.Te
 class MeanTeacherMix(Strategy):
     """DACS: EMA teacher pseudo-labels, ClassMix of source classes onto target crops, confidence weights."""
 
+    @classmethod
+    def create(cls, student: nn.Module, options: dict[str, float]) -> Strategy:
+        return cls(student, **options)
+
     def __init__(self, student: nn.Module, *, ema: float, confidence: float, weight: float) -> None:
         self.teacher = copy.deepcopy(student).eval().requires_grad_(False)
         self.ema = ema
@@ -157,6 +169,10 @@ def output_discriminator(num_labels: int, *, width: int) -> nn.Sequential:
 class OutputAdversarial(Strategy):
     """The segmenter fools a discriminator on target softmax maps; the discriminator learns source vs target."""
 
+    @classmethod
+    def create(cls, student: nn.Module, options: dict[str, float]) -> Strategy:
+        return cls(student, **options)
+
     def __init__(self, student: nn.Module, *, weight: float, discriminator_width: int, discriminator_lr: float) -> None:
         device = next(student.parameters()).device
         self.discriminator = output_discriminator(student.config.num_labels, width=discriminator_width).to(device)
@@ -197,22 +213,46 @@ class OutputAdversarial(Strategy):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def make_strategy(name: str, student: nn.Module, options: dict[str, float]) -> Strategy:
-    """The strategy called ``name`` with its options (see :data:`STRATEGY_NAMES`)."""
-    if name == "supervised":
-        return Supervised()
-    if name == "entropy":
-        return EntropyMinimisation(**options)
-    if name == "mean_teacher_mix":
-        return MeanTeacherMix(student, **options)
-    if name == "adversarial":
-        return OutputAdversarial(student, **options)
-    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}")
+def low_frequency_swap(source: torch.Tensor, target: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """FDA's image translation: ``source`` with the amplitude of ``target`` in the central
+    ``2·⌊β·min(H, W)⌋``-wide square of the centred spectrum, per channel; the phase stays the source's."""
+    height, width = source.shape[-2:]
+    half = int(beta * min(height, width))
+    if half == 0:
+        return source
+    source_spectrum = torch.fft.fftshift(torch.fft.fft2(source), dim=(-2, -1))
+    target_amplitude = torch.fft.fftshift(torch.fft.fft2(target), dim=(-2, -1)).abs()
+    amplitude, phase = source_spectrum.abs(), source_spectrum.angle()
+    top, left = height // 2 - half, width // 2 - half
+    amplitude[..., top:top + 2 * half, left:left + 2 * half] = target_amplitude[..., top:top + 2 * half, left:left + 2 * half]
+    swapped = torch.polar(amplitude, phase)
+    return torch.fft.ifft2(torch.fft.ifftshift(swapped, dim=(-2, -1))).real
+
+
+class FourierAdaptation(Strategy):
+    """FDA: source cross-entropy on source images restyled with a target image's low frequencies."""
+
+    def __init__(self, *, beta: float) -> None:
+        self.beta = beta
+
+    def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
+        pairing = torch.randperm(len(target.pixel_values), generator=generator).to(target.pixel_values.device)
+        restyled = low_frequency_swap(source.pixel_values, target.pixel_values[pairing], beta=self.beta)
+        total = source_loss(student, Batch(pixel_values=restyled, labels=source.labels))
+        return StepLoss(total, loss_parts(ce=total))
 
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    "supervised": Supervised, "entropy": EntropyMinimisation, "mean_teacher_mix": MeanTeacherMix, "adversarial": OutputAdversarial,
+    "supervised": Supervised, "entropy": EntropyMinimisation, "mean_teacher_mix": MeanTeacherMix,
+    "adversarial": OutputAdversarial, "fourier": FourierAdaptation,
 }
+
+
+def make_strategy(name: str, student: nn.Module, options: dict[str, float]) -> Strategy:
+    """The strategy called ``name`` with its options (see :data:`STRATEGY_NAMES`)."""
+    if name not in STRATEGY_CLASSES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}")
+    return STRATEGY_CLASSES[name].create(student, options)
 STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
 
 

@@ -36,6 +36,8 @@ class TrainingRecipe:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.01
     checkpoints: int = 1
+    #: the decode head's learning rate over the encoder's (the UDA recipe of DAFormer and its successors: 10)
+    head_lr_multiplier: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ CheckpointCallback = Callable[[SegformerForSemanticSegmentation, int, int], None
 
 
 def learning_rate_at(step: int, recipe: TrainingRecipe) -> float:
-    """Linear warm-up, then linear ("poly 1") decay to zero at the last step."""
+    """The encoder's learning rate: linear warm-up, then linear ("poly 1") decay to zero at the last step."""
     warmup = max(1, round(recipe.warmup_fraction * recipe.steps))
     if step < warmup:
         return recipe.learning_rate * (step + 1) / warmup
@@ -103,7 +105,7 @@ def _train(model: SegformerForSemanticSegmentation, *, recipe: TrainingRecipe, d
            state_path: Path, on_checkpoint: CheckpointCallback, description: str, state_every: int) -> None:
     model.to(device).train()
     strategy = make_strategy(recipe.strategy, model, recipe.strategy_options)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     start = _resume(state_path, recipe=recipe, model=model, optimizer=optimizer, strategy=strategy, device=device)
     saves = checkpoint_steps(recipe)
     progress = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc=description, unit="step", leave=False)
@@ -124,6 +126,14 @@ def _train(model: SegformerForSemanticSegmentation, *, recipe: TrainingRecipe, d
     model.eval()
 
 
+def parameter_groups(model: SegformerForSemanticSegmentation, recipe: TrainingRecipe) -> list[dict[str, object]]:
+    """The encoder and the decode head as two optimiser groups; ``lr_scale`` is the head's multiplier."""
+    head = [parameter for name, parameter in model.named_parameters() if name.startswith("decode_head.")]
+    head_ids = {id(parameter) for parameter in head}
+    encoder = [parameter for parameter in model.parameters() if id(parameter) not in head_ids]
+    return [{"params": encoder, "lr_scale": 1.0}, {"params": head, "lr_scale": recipe.head_lr_multiplier}]
+
+
 def _resume(state_path: Path, *, recipe: TrainingRecipe, model: SegformerForSemanticSegmentation,
             optimizer: torch.optim.Optimizer, strategy: Strategy, device: torch.device) -> int:
     """Loads a state saved by the same recipe and returns its step; 0 when there is none to resume."""
@@ -141,17 +151,24 @@ def _resume(state_path: Path, *, recipe: TrainingRecipe, model: SegformerForSema
 def _training_step(step: int, *, model: SegformerForSemanticSegmentation, strategy: Strategy,
                    optimizer: torch.optim.Optimizer, recipe: TrainingRecipe, data: TrainingData,
                    device: torch.device) -> StepLoss:
-    """One optimiser step, with every random choice seeded from ``(recipe.seed, step)``."""
+    """One optimiser step, with every random choice seeded from ``(recipe.seed, step)``.
+
+    The source batch, the target batch and the strategy's own draws (e.g. ClassMix) come from three
+    separate streams, so runs with one seed see the same labelled batches whatever their strategy:
+    a UDA run differs from source-only training by its target term alone.
+    """
     torch.manual_seed(step_seed(recipe.seed, step, "torch"))  # dropout and stochastic depth
-    generator = torch.Generator().manual_seed(step_seed(recipe.seed, step, "data"))
-    batch_args = dict(batch_size=recipe.batch_size, augmentation=recipe.augmentation,
-                      normalisation=data.normalisation, generator=generator)
-    source = _to(sample_batch(data.source, label_set=data.label_set, **batch_args), device)
-    target = _to(sample_batch(data.target, label_set=None, **batch_args), device) if strategy.uses_target else None
+    def stream(name: str) -> torch.Generator:
+        return torch.Generator().manual_seed(step_seed(recipe.seed, step, name))
+
+    batch_args = dict(batch_size=recipe.batch_size, augmentation=recipe.augmentation, normalisation=data.normalisation)
+    source = _to(sample_batch(data.source, label_set=data.label_set, generator=stream("source"), **batch_args), device)
+    target = (_to(sample_batch(data.target, label_set=None, generator=stream("target"), **batch_args), device)
+              if strategy.uses_target else None)
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate_at(step, recipe)
+        group["lr"] = learning_rate_at(step, recipe) * group["lr_scale"]
     optimizer.zero_grad(set_to_none=True)
-    step_loss = strategy.loss(model, source, target, generator)
+    step_loss = strategy.loss(model, source, target, stream("strategy"))
     step_loss.total.backward()
     optimizer.step()
     strategy.after_step(model)
