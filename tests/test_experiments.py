@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from helpers import make_tiny_segformer
+from hf_lwmm.evaluation.bootstrap import mean_iou_of
 from hf_lwmm.evaluation.data import load_segmentation_data
+from hf_lwmm.experiments.zoo import COARSE_ROLE, WIDE_HEAD_ROLE, load_zoo
 from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
@@ -82,12 +84,12 @@ def run_twice(experiments, tmp_path_factory):
     data, test = tiny_data(base / "data")
     outputs = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiments, "SWEEP_SHARES", (0.0, 0.5))
-        patch.setattr(experiments, "SWEEP_STARTS", ("patch_embeddings.2", "linear_c.0"))
+        patch.setattr("hf_lwmm.experiments.paper.SWEEP_SHARES", (0.0, 0.5))
+        patch.setattr("hf_lwmm.experiments.paper.SWEEP_STARTS", ("patch_embeddings.2", "linear_c.0"))
         patch.setattr("hf_lwmm.card.plot_layer_weights", lambda result, path: None)
         for name in ("first", "second"):
             argv = ["--zoo", str(zoo), "--data", str(data), "--test-dir", str(test), "--out", str(base / name), "--device", "cpu",
-                    "--threads", "1", "--fisher-samples", "2", "--quiet"]
+                    "--threads", "1", "--fisher-samples", "2", "--resamples", "200", "--quiet"]
             assert experiments.main(argv) == 0
             outputs.append(base / name)
     return zoo, data, test, outputs
@@ -112,7 +114,9 @@ def test_every_table_row_is_produced_on_both_datasets(run_twice):
     methods = [row["method"] for row in table2.values()]
     assert methods.count("isotropic") == methods.count("fisher") == methods.count("ensemble") == 2  # k = 2, 3
     assert methods.count("layer-wise") == methods.count("layer-wise defaults") == 2
-    assert all(set(row["mean_iou"]) == {"dusk/val", "test"} and None not in row["mean_iou"].values() for row in table2.values())
+    assert all(row["dusk/val"] is not None and row["test"] is not None for row in table2.values())
+    assert all(low <= row[key]["mean_iou"] <= high for row in table2.values() for key in ("dusk/val", "test")
+               for low, high in [row[key]["interval"]])
     assert {row["relative_cost"] for row in table2.values() if row["method"] == "ensemble"} == {2, 3}
 
     table3 = rows_of(out, "table3")
@@ -123,38 +127,56 @@ def test_every_table_row_is_produced_on_both_datasets(run_twice):
     table4 = (out / "table4.md").read_text()
     assert table4.count("n/a (") == 2 * 2 * 2  # isotropic and Fisher of every tensor, (a) and (b), two datasets
     unavailable = [row for row in rows_of(out, "table4").values() if "unavailable" in row]
-    assert all(row["mean_iou"] == {"dusk/val": None, "test": None} for row in unavailable)
+    assert all(row["dusk/val"] is None and row["test"] is None for row in unavailable)
     assert "classifier" in unavailable[0]["unavailable"]
 
     checkpoints = rows_of(out, "checkpoints")
     assert {row["method"] for row in checkpoints.values()} == {"single", "isotropic", "layer-wise", "ensemble"}
     fig2 = json.loads((out / "fig2.json").read_text())["pairs"]
     assert len(fig2) == 1 + 2  # one checkpoint step, two strategies against the best
-    for plot in ("fig5_sweep.png", "fig2_discrepancy.png", "fig3_checkpoints_dusk-val.png", "fig3_checkpoints_test.png"):
+    for plot in ("fig5_sweep_k2.png", "fig5_sweep_k3.png", "fig2_discrepancy.png", "fig3_checkpoints_dusk-val.png", "fig3_checkpoints_test.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "results.md").read_text()
-    assert "scripts/run_experiments.py --zoo" in summary and "wall time" in summary
+    assert "scripts/run_experiments.py --zoo" in summary and "wall time" in summary and "bootstrap" in summary
+    assert "paired differences" in (out / "table2.md").read_text()
     assert set(json.loads((out / "timings.json").read_text())["seconds"]) == {"ranking", "fig5", "table2", "table3", "table4", "checkpoints", "fig2"}
 
 
-def test_hyper_parameters_come_from_dusk_val_and_rows_equal_a_separate_merge(run_twice):
+def test_settings_come_from_dusk_val_by_the_uniform_rule_and_rows_equal_a_separate_merge(run_twice):
     zoo, data, test, (out, _) = run_twice
     sweep = json.loads((out / "fig5.json").read_text())
-    best = max(sweep["points"], key=lambda point: point["mean_iou"])
-    chosen = sweep["chosen"]
-    assert chosen["start_layer"] == best["start_layer_name"]
-    assert best["alpha"] == pytest.approx(1 / 3 + chosen["share"] * (1 - 1 / 3))
+    for count in (2, 3):
+        record = sweep[f"k{count}"]
+        best = max(record["points"], key=lambda point: point["mean_iou"])
+        tied = {(setting["share"], setting["start_layer"]): setting["mean_anchor_weight"] for setting in record["tied"]}
+        chosen = record["chosen"]
+        shares = dict(zip(record["alphas"], record["shares"]))
+        assert (shares[best["alpha"]], best["start_layer_name"]) in tied and (chosen["share"], chosen["start_layer"]) in tied
+        assert chosen["mean_anchor_weight"] == min(tied.values())  # the most uniform of the tied settings
+    assert set(sweep["default"]) == {"share", "start_layer", "tied_with_best_at_k"}
 
     ranking = json.loads((out / "ranking.json").read_text())["ranking"]
     anchor, other = ranking[1], ranking[0]
+    chosen = sweep["k2"]["chosen"]
     row = next(row for row in rows_of(out, "table3").values() if row["models"] == [anchor, other])
     assert row["anchor"] == anchor and row["start_layer"] == chosen["start_layer"]
     assert row["alpha"] == pytest.approx(0.5 + chosen["share"] * 0.5)
     recipe = MergeRecipe(models=[str(zoo / anchor), str(zoo / other)], anchor=str(zoo / anchor), alpha=row["alpha"],
                          start_layer=row["start_layer"], device="cpu")
     merged = merge(recipe, zoo.parent / "check", progress=False).output_dir
-    assert row["mean_iou"]["dusk/val"] == pytest.approx(mean_iou(merged, data / "dusk" / "val"), abs=1e-12)
-    assert row["mean_iou"]["test"] == pytest.approx(mean_iou(merged, test), abs=1e-12)
+    assert row["dusk/val"]["mean_iou"] == pytest.approx(mean_iou(merged, data / "dusk" / "val"), abs=1e-12)
+    assert row["test"]["mean_iou"] == pytest.approx(mean_iou(merged, test), abs=1e-12)
+
+
+def test_per_image_confusions_add_up_to_the_whole_set_score(run_twice):
+    zoo, data, _, _ = run_twice
+    folders = [(name, zoo / name) for name in POOL]
+    predictors = [Predictor("base", (0,)), Predictor("ensemble", (0, 1, 2))]
+    report = evaluate_predictors(folders, predictors, load_segmentation_data(str(data / "dusk" / "val")), progress=False, per_image=True)
+    for row in report.rows:
+        assert row.image_confusions.shape == (3, 5, 6)  # 3 images, 5 classes (+ the out-of-range column)
+        assert mean_iou_of(row.image_confusions.sum(axis=0)) == pytest.approx(row.mean_iou, abs=1e-12)
+    assert "image_confusions" not in report.to_dict()["rows"][0]
 
 
 def test_an_ensemble_averages_every_member_whatever_their_order(run_twice):
@@ -163,7 +185,7 @@ def test_an_ensemble_averages_every_member_whatever_their_order(run_twice):
     assert row["models"] == CHECKPOINTS and row["relative_cost"] == 2
     folders = [(name, zoo / name) for name in CHECKPOINTS]
     report = evaluate_predictors(folders, [Predictor("ensemble", (0, 1))], load_segmentation_data(str(data / "dusk" / "val")), progress=False)
-    assert row["mean_iou"]["dusk/val"] == pytest.approx(report.rows[0].mean_iou, abs=1e-12)
+    assert row["dusk/val"]["mean_iou"] == pytest.approx(report.rows[0].mean_iou, abs=1e-12)
 
 
 def test_two_runs_write_identical_results(run_twice):
@@ -179,9 +201,9 @@ def test_a_checkpoint_series_still_being_built_is_left_out(experiments, tmp_path
     manifest = json.loads((zoo / "zoo.json").read_text())
     manifest["checkpoint_series"]["mean-teacher"] = ["mean-teacher-step0001", "mean-teacher-step0002", "mean-teacher"]
     (zoo / "zoo.json").write_text(json.dumps(manifest))
-    loaded = experiments.load_zoo(zoo)
+    loaded = load_zoo(zoo)
     assert loaded.checkpoints == [] and loaded.pool == list(POOL)
-    assert loaded.variant(experiments.COARSE_ROLE) == "coarse-objects" and loaded.variant(experiments.WIDE_HEAD_ROLE) == "head-24"
+    assert loaded.variant(COARSE_ROLE) == "coarse-objects" and loaded.variant(WIDE_HEAD_ROLE) == "head-24"
 
 
 def test_a_zoo_without_manifest_fails_with_one_line(experiments, tmp_path, capsys):

@@ -52,6 +52,13 @@ class RowResult:
     overall_accuracy: float
     #: per dataset class; ``None`` where the class was not evaluated (absent, or unknown to the model)
     per_class_iou: dict[str, float | None]
+    #: one ``C × (C + 1)`` confusion matrix per image, in data order (only when asked for: ``per_image=True``);
+    #: what :mod:`hf_lwmm.evaluation.bootstrap` resamples
+    image_confusions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scores as JSON-able values (without the per-image counts)."""
+        return {key: value for key, value in asdict(self).items() if key != "image_confusions"}
 
 
 @dataclass
@@ -65,7 +72,7 @@ class EvaluationReport:
         return next(row for row in self.rows if row.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**{key: value for key, value in asdict(self).items() if key != "rows"}, "rows": [row.to_dict() for row in self.rows]}
 
 
 @dataclass
@@ -170,8 +177,11 @@ def load_models(folders: Sequence[tuple[str, Path]], *, class_names: Sequence[st
 
 def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], data: SegmentationData, *,
                         label_map: Mapping[str, str | None] | None = None, batch_size: int = 4, mixed_precision: str = "no",
-                        num_workers: int | None = None, progress: bool = True) -> EvaluationReport:
+                        num_workers: int | None = None, progress: bool = True, per_image: bool = False) -> EvaluationReport:
     """mean IoU of every predictor on ``data`` (one pass; each model runs once per batch).
+
+    ``per_image``: also keep each image's confusion counts (``RowResult.image_confusions``), for
+    bootstrap intervals over images.
 
     ``num_workers``: processes that read and preprocess images while the models run; by default none
     on a CPU (they would compete with the forward passes for the same cores), else up to 4.
@@ -199,16 +209,32 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
         entry.to_dataset = entry.to_dataset.to(accelerator.device)
     covered = [_covered_mask(loaded, predictor, len(class_names), accelerator.device) for predictor in predictors]
     metrics = [MeanIoU() for _ in predictors]
+    image_confusions: list[list[np.ndarray]] = [[] for _ in predictors]
     with torch.inference_mode():
         for batch in progress_bar(loader, desc="evaluating", unit="batch", enabled=progress and accelerator.is_local_main_process):
             for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
                 reference = batch["labels"] if covered[index] is None else torch.where(covered[index][batch["labels"].long().clamp(min=0)], batch["labels"], VOID)
                 predicted, reference = _gathered(accelerator, predicted.to(torch.int16), reference)
                 metrics[index].add_batch(predictions=predicted, references=reference)
+                if per_image:
+                    image_confusions[index].append(per_image_confusions(predicted, reference, len(class_names)))
     report = EvaluationReport(data.source, class_names, len(data))
-    for predictor, metric in zip(predictors, metrics):
-        report.rows.append(_row(predictor, metric.compute(num_labels=len(class_names), ignore_index=VOID), class_names))
+    for predictor, metric, confusions in zip(predictors, metrics, image_confusions):
+        row = _row(predictor, metric.compute(num_labels=len(class_names), ignore_index=VOID), class_names)
+        row.image_confusions = np.concatenate(confusions) if per_image else None
+        report.rows.append(row)
     return report
+
+
+def per_image_confusions(predicted: torch.Tensor, reference: torch.Tensor, num_classes: int) -> np.ndarray:
+    """``B × C × (C + 1)`` counts of (reference class, predicted class) per image, void references left
+    out; predictions outside the classes (an ensemble's "no class" slot) count in the last column."""
+    predicted = predicted.long().clamp(0, num_classes)
+    reference = reference.long()
+    valid = reference >= 0
+    pairs = reference.clamp(min=0) * (num_classes + 1) + predicted
+    counts = [torch.bincount(pair[mask], minlength=num_classes * (num_classes + 1)) for pair, mask in zip(pairs, valid)]
+    return torch.stack(counts).reshape(-1, num_classes, num_classes + 1).cpu().numpy()
 
 
 def _covered_mask(models: list[LoadedModel], predictor: Predictor, num_classes: int, device: torch.device) -> torch.Tensor | None:

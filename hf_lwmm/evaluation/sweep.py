@@ -65,12 +65,12 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         best = self.best()
         return {"anchor": self.anchor, "dataset": asdict(self.source) if self.source else None, "samples": self.samples,
-                "anchor_result": asdict(self.anchor_result), "layers": self.layers,
+                "anchor_result": self.anchor_result.to_dict(), "layers": self.layers,
                 "alphas": self.alphas, "start_layers": self.start_layers,
                 "best": {"alpha": best.alpha, "start_layer": best.start_layer, "start_layer_name": best.start_layer_name,
                          "mean_iou": best.result.mean_iou},
                 "points": [{"alpha": p.alpha, "start_layer": p.start_layer, "start_layer_name": p.start_layer_name,
-                            **asdict(p.result)} for p in self.points]}
+                            **p.result.to_dict()} for p in self.points]}
 
 
 def point_name(alpha: float, start_layer: int) -> str:
