@@ -76,4 +76,5 @@ def test_push_zoo_refuses_an_unfinished_zoo(hub, tmp_path, monkeypatch, capsys):
     assert script.main(["--zoo", str(zoo), "--namespace", hub.user]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "minent" in error[0] and "incomplete" in error[0]
-    assert not list(HfApi(token=hub.token).list_models(author=hub.user))
+    api = HfApi(token=hub.token)
+    assert not any(api.repo_exists(f"{hub.user}/camvid-daydusk-{name}") for name in ("base", "minent"))  # nothing pushed
