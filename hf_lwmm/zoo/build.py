@@ -136,6 +136,7 @@ class ZooBuilder:
         self.work_dir = settings.output_dir / ".training-state"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.tuning: list[TuningTry] = []
+        self.code_commit = code_commit()  # the code that starts the build is the code that trains it
 
     def label_set(self, spec: ModelSpec) -> LabelSet:
         return self.data.coarse_labels if spec.coarse_classes else self.data.labels
@@ -268,7 +269,7 @@ class ZooBuilder:
         """``zoo.json``: every model (role, scores, sha256, recipe), the checkpoint series, the tuning tries, the code."""
         series = {spec.name: spec.folder_names() for spec in fine_tunes if spec.recipe.checkpoints > 1}
         manifest = {"models": [asdict(entry) for entry in entries], "checkpoint_series": series,
-                    "tuning": [asdict(entry) for entry in self.tuning], "code_commit": code_commit(),
+                    "tuning": [asdict(entry) for entry in self.tuning], "code_commit": self.code_commit,
                     "device": self.settings.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "build_seconds_this_run": round(time.perf_counter() - started, 1)}
         (self.settings.output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
