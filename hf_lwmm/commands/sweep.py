@@ -44,10 +44,10 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def parse_start_layers(text: str | None) -> list[int | str] | None:
+    """Comma-separated indices or names (each read by :func:`~hf_lwmm.schedules.resolve_start_layer`)."""
     if text is None:
         return None
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    return [int(part) if part.lstrip("-").isdigit() else part for part in parts] or None
+    return [part.strip() for part in text.split(",") if part.strip()] or None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from hf_lwmm.evaluation.runner import EvaluationReport, Predictor, RowResult, ev
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult
 
-    from hf_lwmm.merge import MergeResult
+    from hf_lwmm.result import MergeResult
 
 
 def dataset_id(source: DataSource) -> str:

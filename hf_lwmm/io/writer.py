@@ -55,6 +55,14 @@ def _split_into_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[li
     return shards
 
 
+def shard_layout(infos: list[TensorInfo], max_shard_bytes: int) -> list[tuple[str, list[TensorInfo]]]:
+    """Output file names (transformers' shard naming) and the tensors each holds, in order."""
+    shards = _split_into_shards(infos, max_shard_bytes)
+    count = len(shards)
+    names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    return list(zip(names, shards))
+
+
 class ShardedSafetensorsWriter:
     """Write tensors in a planned order into one or more safetensors files.
 
@@ -65,10 +73,7 @@ class ShardedSafetensorsWriter:
     def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB", metadata: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.metadata = {"format": "pt", **(metadata or {})}
-        shards = _split_into_shards(plan, parse_size(max_shard_size))
-        count = len(shards)
-        names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        self._queue = [(name, shard) for name, shard in zip(names, shards)]
+        self._queue = shard_layout(plan, parse_size(max_shard_size))
         self._expected = iter([info for _, shard in self._queue for info in shard])
         self._shard_left: list[TensorInfo] = []
         self._handle: BinaryIO | None = None
