@@ -151,7 +151,7 @@ def alignment_report(alignment: Alignment) -> str:
     for tensor in alignment.tensors.values():
         by_layer[layer_of(tensor.key)].append(tensor)
     labels = alignment.labels
-    lines = [f"models: " + ", ".join(f"[{i}] {label}" + (" (anchor)" if i == alignment.anchor else "") for i, label in enumerate(labels))]
+    lines = ["models: " + ", ".join(f"[{i}] {label}" + (" (anchor)" if i == alignment.anchor else "") for i, label in enumerate(labels))]
     counts = alignment_counts(alignment)
     lines.append("tensors: " + ", ".join(f"{count} {status}" for status, count in counts.items()))
     lines += _depth_report(alignment)

@@ -110,7 +110,8 @@ def _alignment_details(result: MergeResult) -> dict[str, Any]:
             fate = "anchor's" if result.anchor in tensor.names else "dropped"
             details.append(f"`{tensor.key}`: only in {owners} → {fate}")
     if len(details) > _MAX_ALIGNMENT_LINES:
-        details = details[:_MAX_ALIGNMENT_LINES] + [f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"]
+        more = f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"
+        details = details[:_MAX_ALIGNMENT_LINES] + [more]
     return {
         "shared": counts[TensorStatus.SHARED.value],
         "mismatched": counts[TensorStatus.SHAPE_MISMATCH.value],
@@ -119,7 +120,7 @@ def _alignment_details(result: MergeResult) -> dict[str, Any]:
     }
 
 
-def build_card(result: MergeResult) -> "ModelCard":
+def build_card(result: MergeResult) -> ModelCard:
     """Render the card; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
     from huggingface_hub import ModelCard, ModelCardData
 

@@ -61,12 +61,12 @@ def build_sources(folder: Path, *, image_size: int = 64) -> list[Path]:
 
 def prediction_agreement(model_dir: Path, anchor_dir: Path, *, image_size: int = 64) -> float:
     """Fraction of pixels where the merged model predicts the anchor's class on a fixed random image."""
-    from transformers import AutoModelForSemanticSegmentation
+    from hf_lwmm.loading import load_segmentation_model
 
     pixels = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        merged = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()(pixel_values=pixels).logits.argmax(1)
-        anchor = AutoModelForSemanticSegmentation.from_pretrained(anchor_dir).eval()(pixel_values=pixels).logits.argmax(1)
+        merged = load_segmentation_model(model_dir, label=str(model_dir))[0](pixel_values=pixels).logits.argmax(1)
+        anchor = load_segmentation_model(anchor_dir, label=str(anchor_dir))[0](pixel_values=pixels).logits.argmax(1)
     return float((merged == anchor).float().mean())
 
 

@@ -281,6 +281,7 @@ def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
         if not (ref.path / RECIPE_NAME).is_file():
             raise LwmmError(f"{target}: no {RECIPE_NAME} (not a folder written by lwmm-hub merge)")
         return ref.path
+    assert ref.repo_id is not None
     prefix = f"{ref.subfolder}/" if ref.subfolder else ""
     try:
         snapshot = Path(snapshot_download(ref.repo_id, revision=ref.revision, token=token,

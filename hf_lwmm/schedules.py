@@ -64,7 +64,8 @@ class LayerWeights:
     weights: tuple[float, ...]
 
 
-def layerwise_weights(layers: list[str], *, num_models: int, anchor: int, alpha: float, start: int, schedule: str = "linear") -> list[LayerWeights]:
+def layerwise_weights(layers: list[str], *, num_models: int, anchor: int, alpha: float, start: int,
+                      schedule: str = "linear") -> list[LayerWeights]:
     """Weights of each model for each shared layer under a schedule."""
     if schedule not in SCHEDULES:
         raise RecipeError("schedule", f"{schedule!r}: unknown (choose from {', '.join(SCHEDULES)})")

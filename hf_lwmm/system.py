@@ -6,6 +6,7 @@ Layering: a bottom module (imports only :mod:`hf_lwmm.errors`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -27,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise RunOptionError("device", f"{name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    available: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if device.type in available and not available[device.type]():
         raise RunOptionError("device", f"{name!r}: no such device on this machine (use auto or cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--bn-stats", choices=("gaussian", "anchor", "linear"), help="how BatchNorm statistics merge (default: gaussian)")
     group.add_argument("--models-per-pass", type=int, default=DEFAULT_MODELS_PER_PASS,
                        help=f"merged models held at once; each pass reads the data once (default: {DEFAULT_MODELS_PER_PASS})")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where sweep.json and sweep.png go (default: ./{DEFAULT_OUTPUT})")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"where sweep.json and sweep.png go (default: ./{DEFAULT_OUTPUT})")
     parser.set_defaults(run=run)
 
 

@@ -100,7 +100,6 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
     ``merge_options``: other recipe fields of every merge (e.g. ``bn_stats``); ``options``: how the merges run.
     """
     from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
-
     from hf_lwmm.merge import merge
     from hf_lwmm.plan import plan_merge
     from hf_lwmm.refs import resolve
@@ -127,7 +126,8 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
             with tempfile.TemporaryDirectory(prefix="lwmm-sweep-") as scratch:
                 entries = [] if anchor_result else list(anchor_entry)  # the anchor rides along in the first pass
                 for (alpha, start), recipe in chunk:
-                    entries.append((point_name(alpha, start), merge(recipe, Path(scratch) / f"alpha{alpha:g}-start{start}", run).output_dir))
+                    folder = merge(recipe, Path(scratch) / f"alpha{alpha:g}-start{start}", run).output_dir
+                    entries.append((point_name(alpha, start), folder))
                     bar.update()
                 predictors = [Predictor(name, (index,)) for index, (name, _) in enumerate(entries)]
                 rows = evaluate_predictors(entries, predictors, data, progress=False, **evaluation).rows

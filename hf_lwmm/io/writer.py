@@ -70,7 +70,8 @@ class ShardedSafetensorsWriter:
     ``sha256`` maps each written file name to the hash of its bytes, computed while writing.
     """
 
-    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB", metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB",
+                 metadata: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.metadata = {"format": "pt", **(metadata or {})}
         self._queue = shard_layout(plan, parse_size(max_shard_size))
@@ -84,7 +85,7 @@ class ShardedSafetensorsWriter:
         self._hasher = ThreadPoolExecutor(max_workers=1)
         self._hashed: Future[None] | None = None
 
-    def __enter__(self) -> "ShardedSafetensorsWriter":
+    def __enter__(self) -> ShardedSafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -105,7 +106,7 @@ class ShardedSafetensorsWriter:
             self._open_next_shard()
         self._shard_left.pop(0)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._emit(memoryview(data))
+        self._emit(data.data)
         if not self._shard_left:
             self._close_shard()
 

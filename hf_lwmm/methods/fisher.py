@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from pydantic import Field, field_validator
 
 from hf_lwmm.console import progress_bar
-from hf_lwmm.errors import LwmmError
+from hf_lwmm.errors import RecipeError
 from hf_lwmm.methods.base import MergeMethod, MethodParameters, register_method, shares_read_buffer
 from hf_lwmm.methods.functional import fisher_weighted_average
 from hf_lwmm.methods.linear import check_model_weights, check_weight_count
@@ -51,21 +50,19 @@ def diagonal_fisher(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> d
                 totals[name] += parameter.grad.float().square()
         count += 1
     if not count:
-        raise LwmmError("--fisher-data: no images to estimate the Fisher information on")
+        raise RecipeError("fisher_data", "no images to estimate the Fisher information on")
     model.zero_grad(set_to_none=True)
     return {name: total / count for name, total in totals.items()}
 
 
-def model_fisher(model: "ResolvedModel", data: "SegmentationData", *, device: torch.device, progress: bool) -> dict[str, torch.Tensor]:
+def model_fisher(model: ResolvedModel, data: SegmentationData, *, device: torch.device, progress: bool) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of a model folder on ``data``'s images, keyed by the tensor names of its files."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
     from transformers.core_model_loading import revert_weight_conversion
 
-    try:
-        network = AutoModelForSemanticSegmentation.from_pretrained(model.folder).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(model.folder)
-    except (OSError, ValueError, KeyError) as err:
-        raise LwmmError(f"model {model.ref}: cannot be loaded to estimate its Fisher ({str(err).splitlines()[0]})") from None
+    from hf_lwmm.loading import load_segmentation_model
+
+    network, processor = load_segmentation_model(model.folder, label=str(model.ref))
+    torch.nn.Module.to(network, device)  # in place (transformers' typed ``to`` wrapper confuses mypy)
     images = (processor(images=[data.samples[index].image], return_tensors="pt")["pixel_values"].to(device)
               for index in progress_bar(range(len(data)), desc=f"fisher {model.ref}", unit="image", enabled=progress))
     fisher = diagonal_fisher(network, images)
