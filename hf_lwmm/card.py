@@ -71,7 +71,8 @@ def method_description(result: MergeResult) -> dict[str, Any]:
     """What the card says about the method, generated from its declaration: summary, formula, parameters, citation."""
     method = METHODS[result.recipe.method]
     fields = method.Parameters.model_fields
-    parameters = [{"name": name, "value": value, "description": fields[name].description if name in fields else ""}
+    meaning = {**{name: field.description or "" for name, field in fields.items()}, **method.derived}
+    parameters = [{"name": name, "value": value, "description": meaning.get(name, "")}
                   for name, value in result.method_parameters.items() if value is not None]
     return {"summary": method.summary, "formula": method.formula, "citation": method.citation, "parameters": parameters}
 

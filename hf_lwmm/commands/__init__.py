@@ -25,6 +25,8 @@ def as_flag_error(err: Exception, args: argparse.Namespace) -> Exception:
     fields = method_parameter_fields()
     if err.problem == "required" and err.field in fields and getattr(args, "method", None):
         return LwmmError(f"--method {args.method} needs {flag_of(err.field)} ({fields[err.field][1].description})")
+    if err.field == "models":  # the positional arguments: no flag to name
+        return LwmmError(err.problem)
     value = getattr(args, err.field, None)
     if value is None or value is False:
         return err

@@ -69,6 +69,8 @@ class MergeMethod(ABC):
     formula: ClassVar[str | None] = None
     #: the paper the method comes from, cited in the card
     citation: ClassVar[str | None] = None
+    #: what the values :meth:`describe` adds beyond the parameters mean (for the card)
+    derived: ClassVar[dict[str, str]] = {}
 
     def __init__(self, parameters: MethodParameters, *, num_models: int, anchor: int) -> None:
         if not isinstance(parameters, self.Parameters):

@@ -106,6 +106,7 @@ class FisherMerge(MergeMethod):
     summary = "Fisher merging: per-element average weighted by each model's diagonal Fisher information"
     Parameters = FisherParameters
     citation = "Matena & Raffel, *Merging Models with Fisher-Weighted Averaging*, NeurIPS 2022 (arXiv:2111.09832)"
+    derived = {"fisher_labels": "the labels whose log-likelihood gradients the Fisher squares"}
 
     def __init__(self, parameters: MethodParameters, *, num_models: int, anchor: int) -> None:
         super().__init__(parameters, num_models=num_models, anchor=anchor)

@@ -38,6 +38,9 @@ class LayerwiseMerge(MergeMethod):
     Parameters = LayerwiseParameters
     formula = ("Over the L shared layers ordered by depth, the anchor's weight is `λa(l) = α` for `l < s` and "
                "`λa(l) = α + (1 − α)(l − s)/(L − s)` afterwards; the other models share `1 − λa(l)` equally.")
+    citation = ("Alcover-Couso et al., *Layer-wise Model Merging for Unsupervised Domain Adaptation in Segmentation Tasks*, "
+                "2024 (arXiv:2409.15813)")
+    derived = {"start_layer_name": "the name of the start layer"}
 
     @property
     def alpha(self) -> float:
