@@ -150,7 +150,8 @@ def sweep_table(result: SweepResult) -> str:
             point = result.point(alpha, start)
             cells.append(f"{100 * point.result.mean_iou:.2f}" + ("*" if point is best else ""))
         rows.append(cells)
-    return "\n".join([f"mIoU %{data} of the layer-wise merge, by start layer (rows) and α (columns)", text_table(header, rows), f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
+    return "\n".join([f"mIoU %{data} of the layer-wise merge, by start layer (rows) and α (columns)", text_table(header, rows),
+                      f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
                       f"best (*): α={best.alpha:.3g}, start layer {best.start_layer} ({best.start_layer_name})"])
 
 
