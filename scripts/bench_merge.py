@@ -124,8 +124,9 @@ def make_models(argv: Sequence[str]) -> None:
 
     import torch
     from safetensors.torch import load_file, save_file
-    from hf_lwmm.console import progress_bar
     from transformers import SegformerForSemanticSegmentation
+
+    from hf_lwmm.console import progress_bar
 
     config = segformer_config(SIZES[args.size])
     first, *others = args.folders

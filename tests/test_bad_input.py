@@ -157,5 +157,5 @@ def test_unknown_recipe_key(workspace, capsys, tmp_path):
     models, out = workspace
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(json.dumps({"models": [str(m) for m in models], "alpah": 0.3}))
-    _fails(["merge", "--recipe", str(recipe), "--output", str(out / "merged")], capsys, "unknown recipe key 'alpah'")
+    _fails(["merge", "--recipe", str(recipe), "--output", str(out / "merged")], capsys, "recipe field 'alpah': unknown field")
     _nothing_written(out)

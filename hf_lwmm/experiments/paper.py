@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hf_lwmm.align import TensorStatus, align
+from hf_lwmm.align import TensorStatus
 from hf_lwmm.console import progress_bar
 from hf_lwmm.diff import Discrepancy, discrepancy_plot, model_discrepancy
 from hf_lwmm.evaluation.sweep import SweepResult, shared_layers, sweep_layerwise, sweep_plot
@@ -19,8 +19,9 @@ from hf_lwmm.experiments.report import Experiment, Table, line_plot
 from hf_lwmm.experiments.rows import Context, Row, Setting, ensemble, single
 from hf_lwmm.experiments.selection import Candidate, Choice, choose_default, choose_most_uniform
 from hf_lwmm.experiments.zoo import COARSE_ROLE, WIDE_HEAD_ROLE
-from hf_lwmm.io import open_weights
-from hf_lwmm.plan import layerwise_weights
+from hf_lwmm.plan import plan_merge
+from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.schedules import layerwise_weights
 
 VALIDATION = "dusk/val"
 TEST = "test"
@@ -81,11 +82,11 @@ def sweeps(context: Context, out: Path) -> Experiment:
     for count in sizes:
         names = context.ranking[:count]
         folders = [zoo.folder(name) for name in names]
-        layers = shared_layers(folders, anchor=folders[0])
+        layers = shared_layers(folders, anchor=folders[0], options=context.run_options)
         alphas = [1 / count + share * (1 - 1 / count) for share in SWEEP_SHARES]
         starts = [name for name in SWEEP_STARTS if name in layers]
         result = sweep_layerwise(folders, context.datasets[VALIDATION], anchor=folders[0], alphas=alphas, start_layers=starts,
-                                 merge_options={"device": context.device},
+                                 options=context.run_options,
                                  evaluation={"batch_size": context.batch_size, "per_image": True}, progress=context.progress)
         choice = choose_most_uniform(_candidates(result, count), resamples=context.resamples)
         choices[count] = choice
@@ -195,8 +196,7 @@ def table3(context: Context) -> Experiment:
 
 def mismatch_reason(context: Context, names: Sequence[str]) -> str:
     """Why a merge of every tensor cannot run: the tensors whose shapes differ, e.g. the classifier."""
-    sources = [open_weights(Path(context.zoo.folder(name)), label=name) for name in names]
-    alignment = align(sources, [None] * len(sources), anchor=0)
+    alignment = plan_merge(MergeRecipe(models=[context.zoo.folder(name) for name in names], method="isotropic")).alignment
     differing = [tensor for tensor in alignment.tensors.values() if tensor.status is TensorStatus.SHAPE_MISMATCH]
     if not differing:
         return ""
@@ -230,7 +230,8 @@ def table4(context: Context) -> Experiment:
         layout.append((part, variant, entries))
     rows = list({row.name: row for _, _, entries in layout for _, row in entries}.values())
     results = context.evaluate(rows)
-    experiment = Experiment("table4", "Table 4: merging models with different classes or head widths", records=context.records(rows, results))
+    experiment = Experiment("table4", "Table 4: merging models with different classes or head widths",
+                            records=context.records(rows, results))
     for key, values in results.items():
         for part, variant, entries in layout:
             cells = [[label, context.score(values[row.name], row.unavailable),
@@ -281,8 +282,8 @@ def discrepancies(context: Context, out: Path) -> Experiment:
     pairs += [(f"strategies {best} vs {other}", best, other) for other in context.ranking[1:]]
     results: dict[str, Discrepancy] = {}
     for label, first, second in progress_bar(pairs, desc="discrepancy", unit="pair", enabled=context.progress):
-        sources = [open_weights(Path(zoo.folder(name)), label=name) for name in (first, second)]
-        results[label] = model_discrepancy(*sources, taus=DIFF_TAUS, progress=False)
+        plan = plan_merge(MergeRecipe(models=[zoo.folder(first), zoo.folder(second)], method="isotropic"))
+        results[label] = model_discrepancy(plan, taus=DIFF_TAUS, progress=False)
     discrepancy_plot(out / "fig2_discrepancy.png", {label: result.fractions_at(PLOT_TAU) for label, result in results.items()},
                      title=f"fraction of parameters with |a−b| / max(|a|,|b|) > {PLOT_TAU:g}, per layer")
     experiment = Experiment("fig2", f"Fig. 2: per-layer discrepancy (τ = {PLOT_TAU:g})", plots=["fig2_discrepancy.png"],
@@ -290,7 +291,8 @@ def discrepancies(context: Context, out: Path) -> Experiment:
     layers = list(dict.fromkeys(layer.layer for result in results.values() for layer in result.layers))
     fractions = {label: result.fractions_at(PLOT_TAU) for label, result in results.items()}
     short = {label: f"[{index}]" for index, label in enumerate(results)}
-    cells = [[layer, *(f"{100 * fractions[label][layer]:.1f}" if layer in fractions[label] else "—" for label in results)] for layer in layers]
+    cells = [[layer, *(f"{100 * fractions[label][layer]:.1f}" if layer in fractions[label] else "—" for label in results)]
+             for layer in layers]
     cells.append(["all layers", *(f"{100 * result.total.fractions[DIFF_TAUS.index(PLOT_TAU)]:.1f}" for result in results.values())])
     experiment.tables.append(Table(f"% of a layer's parameters with relative difference > {PLOT_TAU:g}", ["layer", *short.values()], cells,
                                    [f"{short[label]} {label}" for label in results] + ["One pair from the CLI: `" + shlex.join(

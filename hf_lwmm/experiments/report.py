@@ -40,7 +40,8 @@ class Experiment:
 
 
 def write_experiment(out: Path, experiment: Experiment) -> None:
-    (out / f"{experiment.key}.md").write_text(f"## {experiment.title}\n\n" + "\n\n".join(table.markdown() for table in experiment.tables) + "\n")
+    tables = "\n\n".join(table.markdown() for table in experiment.tables)
+    (out / f"{experiment.key}.md").write_text(f"## {experiment.title}\n\n{tables}\n")
     document = {"title": experiment.title, **experiment.records}
     (out / f"{experiment.key}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
 

@@ -20,7 +20,7 @@ from hf_lwmm.evaluation.runner import Predictor, RowResult, evaluate_predictors
 from hf_lwmm.evaluation.sweep import shared_layers
 from hf_lwmm.experiments.zoo import Zoo
 from hf_lwmm.merge import merge
-from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.recipe import MergeRecipe, RunOptions
 
 #: where a results table's rows are scored: dataset key → row name → result (``None``: cannot run)
 Results = dict[str, dict[str, "RowResult | None"]]
@@ -49,7 +49,8 @@ class Row:
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"name": self.name, "method": self.method, "models": list(self.members), "relative_cost": self.cost}
         if self.recipe is not None:
-            described.update(anchor=self.anchor, alpha=self.recipe.alpha, start_layer=self.recipe.start_layer)
+            parameters = self.recipe.parameters.model_dump()
+            described.update(anchor=self.anchor, alpha=parameters.get("alpha"), start_layer=parameters.get("start_layer"))
         if self.unavailable:
             described["unavailable"] = self.unavailable
         return described
@@ -95,11 +96,15 @@ class Context:
     #: the one setting for every k that ``lwmm-hub merge``'s defaults are taken from
     default: Setting | None = None
 
-    def recipe(self, names: Sequence[str], *, anchor: str, method: str, **options: Any) -> MergeRecipe:
+    def recipe(self, names: Sequence[str], *, anchor: str, method: str, **parameters: Any) -> MergeRecipe:
         folders = [self.zoo.folder(name) for name in names]
         if method == "fisher":
-            options["method_options"] = dict(self.fisher_options)
-        return MergeRecipe(models=folders, anchor=self.zoo.folder(anchor), method=method, device=self.device, **options)
+            parameters.update(self.fisher_options)
+        return MergeRecipe(models=folders, anchor=self.zoo.folder(anchor), method=method, parameters=parameters)
+
+    @property
+    def run_options(self) -> RunOptions:
+        return RunOptions(device=self.device, progress=False)
 
     def setting_for(self, count: int) -> Setting:
         """The setting chosen for ``count`` models, else the nearest size's."""
@@ -109,8 +114,9 @@ class Context:
     def layerwise(self, names: Sequence[str], *, anchor: str, setting: Setting | None = None, label: str = "layer-wise") -> Row:
         """A layer-wise merge with ``setting`` (default: the one chosen on dusk/val for this many models)."""
         setting = setting or self.setting_for(len(names))
-        layers = shared_layers([self.zoo.folder(name) for name in names], anchor=self.zoo.folder(anchor))
-        recipe = self.recipe(names, anchor=anchor, method="layerwise", alpha=setting.alpha(len(names)), start_layer=setting.start_in(layers))
+        layers = shared_layers([self.zoo.folder(name) for name in names], anchor=self.zoo.folder(anchor), options=self.run_options)
+        recipe = self.recipe(names, anchor=anchor, method="layerwise", alpha=setting.alpha(len(names)),
+                             start_layer=setting.start_in(layers))
         return Row(f"{label} [{', '.join(names)}] anchor {anchor}", tuple(names), label, recipe)
 
     def merged(self, names: Sequence[str], *, anchor: str, method: str, label: str | None = None) -> Row:
@@ -128,7 +134,7 @@ class Context:
             merges = [row for row in runnable if row.recipe is not None]
             for index, row in enumerate(progress_bar(merges, desc="merging", unit="merge", enabled=self.progress)):
                 assert row.recipe is not None
-                folders[row.name] = merge(row.recipe, Path(scratch) / f"merge-{index:03d}", progress=False).output_dir
+                folders[row.name] = merge(row.recipe, Path(scratch) / f"merge-{index:03d}", self.run_options).output_dir
             entries = list(folders.items())
             position = {name: index for index, (name, _) in enumerate(entries)}
             predictors = [Predictor(row.name, (position[row.name],) if row.recipe else tuple(position[m] for m in row.members))

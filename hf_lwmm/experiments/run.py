@@ -80,6 +80,7 @@ def run_experiments(options: ExperimentOptions, *, echo: Callable[[str], None] =
               + ("The test tables use the same models and settings." if TEST in datasets else
                  "No --test-dir was given: dusk/val numbers of tuned rows are optimistic (chosen on the same frames).")]
     (out / "results.md").write_text(results_markdown(experiments, command=options.command, header_lines=header, seconds=total))
-    (out / "timings.json").write_text(json.dumps({"seconds": {e.key: e.seconds for e in experiments}, "total_seconds": total}, indent=2) + "\n")
+    timings = {"seconds": {experiment.key: experiment.seconds for experiment in experiments}, "total_seconds": total}
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     echo(f"\ntotal {total / 60:.1f} min; results → {out / 'results.md'}")
     return experiments

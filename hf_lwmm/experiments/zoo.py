@@ -61,7 +61,8 @@ def load_zoo(root: Path) -> Zoo:
                   for entry in manifest["models"]}
         series = list(manifest.get("checkpoint_series", {}).values())
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise LwmmError(f"--zoo {root}: no readable {MANIFEST} ({err.__class__.__name__}); build the zoo with scripts/build_zoo.py") from None
+        raise LwmmError(f"--zoo {root}: no readable {MANIFEST} ({err.__class__.__name__}); "
+                        "build the zoo with scripts/build_zoo.py") from None
     missing = [name for name in models if not (Path(root) / name / "config.json").is_file()]
     if missing:
         raise LwmmError(f"--zoo {root}: model folder {missing[0]} listed in {MANIFEST} is missing or incomplete")

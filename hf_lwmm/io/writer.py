@@ -55,6 +55,14 @@ def _split_into_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[li
     return shards
 
 
+def shard_layout(infos: list[TensorInfo], max_shard_bytes: int) -> list[tuple[str, list[TensorInfo]]]:
+    """Output file names (transformers' shard naming) and the tensors each holds, in order."""
+    shards = _split_into_shards(infos, max_shard_bytes)
+    count = len(shards)
+    names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    return list(zip(names, shards))
+
+
 class ShardedSafetensorsWriter:
     """Write tensors in a planned order into one or more safetensors files.
 
@@ -62,13 +70,11 @@ class ShardedSafetensorsWriter:
     ``sha256`` maps each written file name to the hash of its bytes, computed while writing.
     """
 
-    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB", metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB",
+                 metadata: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.metadata = {"format": "pt", **(metadata or {})}
-        shards = _split_into_shards(plan, parse_size(max_shard_size))
-        count = len(shards)
-        names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        self._queue = [(name, shard) for name, shard in zip(names, shards)]
+        self._queue = shard_layout(plan, parse_size(max_shard_size))
         self._expected = iter([info for _, shard in self._queue for info in shard])
         self._shard_left: list[TensorInfo] = []
         self._handle: BinaryIO | None = None
@@ -79,7 +85,7 @@ class ShardedSafetensorsWriter:
         self._hasher = ThreadPoolExecutor(max_workers=1)
         self._hashed: Future[None] | None = None
 
-    def __enter__(self) -> "ShardedSafetensorsWriter":
+    def __enter__(self) -> ShardedSafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -100,7 +106,7 @@ class ShardedSafetensorsWriter:
             self._open_next_shard()
         self._shard_left.pop(0)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._emit(memoryview(data))
+        self._emit(data.data)
         if not self._shard_left:
             self._close_shard()
 

@@ -61,7 +61,8 @@ def publish_zoo(zoo: Path, *, namespace: str, prefix: str = DEFAULT_PREFIX, coll
     for name in names:
         folder, repo_id = Path(zoo) / name, f"{namespace}/{prefix}{name}"
         card = hub_card(folder, base_repo=None if name == BASE_NAME else base_repo)
-        operations = [CommitOperationAdd(path_in_repo=file, path_or_fileobj=folder / file) for file in REQUIRED_FILES if file != "README.md"]
+        operations = [CommitOperationAdd(path_in_repo=file, path_or_fileobj=folder / file)
+                      for file in REQUIRED_FILES if file != "README.md"]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
@@ -69,6 +70,7 @@ def publish_zoo(zoo: Path, *, namespace: str, prefix: str = DEFAULT_PREFIX, coll
         except Exception as err:  # any transfer failure ends the same way: one line naming the model
             raise LwmmError(f"push of zoo model {name} to {repo_id} failed: {describe_hub_error(err)}") from err
         if collection:
-            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {ModelCard.load(folder / 'README.md').data.lwmm_zoo['role']}")
+            role = ModelCard.load(folder / "README.md").data.lwmm_zoo["role"]
+            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {role}")
         published.append(PublishedModel(name, repo_id, commit.oid))
     return published

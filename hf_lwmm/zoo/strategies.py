@@ -59,7 +59,7 @@ class Strategy(ABC):
     uses_target: bool = True
 
     @classmethod
-    def create(cls, student: nn.Module, options: dict[str, float]) -> "Strategy":
+    def create(cls, student: nn.Module, options: dict[str, float]) -> Strategy:
         """The strategy with its recipe options; those with auxiliary networks build them from ``student``."""
         return cls(**options)
 
