@@ -25,7 +25,7 @@ SOURCE_ONLY = "source-only"
 COARSE_FOLD = ("pole", "sign_symbol", "fence")
 COARSE_CLASS = "object"
 #: encoder learning rate of every fine-tune; the decode head's is ``HEAD_LR_MULTIPLIER`` times larger
-FINE_TUNE_LR = 1e-4
+FINE_TUNE_LR = 3e-4
 HEAD_LR_MULTIPLIER = 10.0
 
 
