@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import queue
 import shutil
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
@@ -24,12 +23,14 @@ from tqdm.auto import tqdm
 from hf_lwmm.align import Alignment, TensorStatus, align
 from hf_lwmm.errors import CorruptWeightsError, LwmmError
 from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, TensorSource, open_weights
+from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.layers import layer_of, order_layers
 from hf_lwmm.methods import METHODS, MergeMethod
 from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
 from hf_lwmm.plan import LayerWeights
 from hf_lwmm.recipe import MergeRecipe
 from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME, ResolvedModel, resolve
+from hf_lwmm.system import resolve_device
 
 _RUNNING_VAR = ".running_var"
 _RUNNING_MEAN = ".running_mean"
@@ -59,24 +60,6 @@ class MergeResult:
         return self.alignment.anchor
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` lets accelerate pick the accelerator (CUDA, MPS, XPU…) or the CPU."""
-    if name == "auto":
-        from accelerate import PartialState
-
-        return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())).device
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise LwmmError(f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
-
-
-def prepare_output_dir(output_dir: Path, *, overwrite: bool) -> None:
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        if not overwrite:
-            raise LwmmError(f"--output {output_dir}: exists and is not empty (pass --overwrite to replace it)")
-
-
 def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = False, token: str | bool | None = None,
           progress: bool = True, hub_repo: str | None = None) -> MergeResult:
     """Merge the recipe's models into ``output_dir`` (a stock transformers model folder with its card).
@@ -84,8 +67,9 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
     """
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite=overwrite, inputs=[ref.path for ref in recipe.refs if ref.path is not None])
     recipe.validate()
-    prepare_output_dir(output_dir, overwrite=overwrite)
+    device = resolve_device(recipe.device)
     method = METHODS[recipe.method](recipe)
     anchor = recipe.anchor_index
 
@@ -99,13 +83,11 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
     layer_weights = method.layer_weights(layers, anchor=anchor)
     method.prepare(models, alignment)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir, overwrite=overwrite) as staging:
         result = MergeResult(output_dir, recipe, models, alignment, layer_weights, method.describe(layers), sha256={}, hub_repo=hub_repo)
         card = _Beside(_card_beside_the_merge, result, staging)  # the plot needs only the plan; the card waits for the weights
         try:
-            written = _write_weights(result, sources, method, staging, device=resolve_device(recipe.device), progress=progress)
+            written = _write_weights(result, sources, method, staging, device=device, progress=progress)
             written.record_in(result)
             _copy_configs(models[anchor].folder, staging, recipe.dtype)
             card.finish(written)
@@ -113,10 +95,6 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, *, overwrite: bool = Fals
             card.cancel()
             raise
         result.files = sorted(path.name for path in staging.iterdir())
-        _move_into_place(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 
@@ -265,13 +243,3 @@ def _copy_configs(anchor_folder: Path, folder: Path, dtype: str | None) -> None:
     if (anchor_folder / PREPROCESSOR_NAME).is_file():
         shutil.copyfile(anchor_folder / PREPROCESSOR_NAME, folder / PREPROCESSOR_NAME)
 
-
-def _move_into_place(staging: Path, output_dir: Path) -> None:
-    if output_dir.exists():
-        retired = output_dir.with_name(f".{output_dir.name}.lwmm-old")
-        shutil.rmtree(retired, ignore_errors=True)
-        output_dir.rename(retired)
-        staging.rename(output_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output_dir)

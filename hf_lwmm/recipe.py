@@ -71,6 +71,7 @@ class MergeRecipe:
 
     def validate(self) -> None:
         """Check everything that can be checked without reading a model."""
+        from hf_lwmm.io.writer import parse_size
         from hf_lwmm.methods import METHODS
         from hf_lwmm.plan import SCHEDULES
 
@@ -94,6 +95,7 @@ class MergeRecipe:
             raise LwmmError(f"--bn-stats {self.bn_stats!r}: choose from {', '.join(BN_STATS_MODES)}")
         if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
             raise LwmmError(f"--dtype {self.dtype!r}: choose from {', '.join(OUTPUT_DTYPES)}")
+        parse_size(self.max_shard_size, name="--max-shard-size")
         METHODS[self.method].validate_recipe(self)
 
     def to_dict(self) -> dict[str, Any]:

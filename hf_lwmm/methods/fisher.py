@@ -108,7 +108,7 @@ class FisherMerge(MergeMethod):
     def prepare(self, models: list["ResolvedModel"], alignment: "Alignment") -> None:
         from hf_lwmm.align import canonical_name
         from hf_lwmm.evaluation.data import load_segmentation_data
-        from hf_lwmm.merge import resolve_device
+        from hf_lwmm.system import resolve_device
 
         options = self.recipe.method_options
         data = load_segmentation_data(str(options["fisher_data"]), split=options.get("fisher_split"), labelled=False,
