@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hf_lwmm.errors import LwmmError
+from hf_lwmm.io.output import check_output_folder
 from hf_lwmm.merge import MergeResult, merge
 from hf_lwmm.methods import METHODS
 from hf_lwmm.recipe import MergeRecipe
@@ -70,9 +70,8 @@ def prediction_agreement(model_dir: Path, anchor_dir: Path, *, image_size: int =
 
 def run_demo(output: Path, *, overwrite: bool = False) -> list[DemoRow]:
     """Build the sources under ``output/sources`` and write one merged model per method."""
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise LwmmError(f"--output {output}: exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(output, overwrite=overwrite)
+    if output.exists():
         shutil.rmtree(output)
     sources = build_sources(output / "sources")
     models = [str(path) for path in sources]

@@ -201,7 +201,7 @@ def test_failed_push_keeps_the_output_and_names_the_retry_command(hub: HubServer
     capfd.readouterr()
     repo_id, message = f"{hub.user}/failed-commit", f"merge of {len(models)} tiny models"
     hub.fail_next(1, matching=r"^POST /api/models/.*/commit/")  # the client does not retry a commit
-    assert lwmm("push", output, repo_id, "--revision", "experiments", "--commit-message", message) == 2
+    assert lwmm("push", output, repo_id, "--revision", "experiments", "--create-branch", "--commit-message", message) == 2
     err = capfd.readouterr().err.strip().splitlines()[-1]  # above it: the client's progress bars
     assert err.startswith(f"lwmm-hub push: error: push to {repo_id} failed: HTTP 500")
     assert f"The merged model is intact in {output}" in err

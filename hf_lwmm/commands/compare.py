@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_lwmm.evaluation.compare import compare_models
     from hf_lwmm.evaluation.report import bar_plot, comparison_table, per_class_table, write_json
+    from hf_lwmm.io.output import check_output_dir
 
+    check_output_dir(args.output_dir, name="--output-dir")  # before the evaluation, not after it
     layerwise = {"alpha": args.alpha}
     if args.start_layer is not None:
         layerwise["start_layer"] = int(args.start_layer) if args.start_layer.lstrip("-").isdigit() else args.start_layer

@@ -7,6 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+#: formats the plot is saved in, by file suffix
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from hf_lwmm.diff import DEFAULT_EPSILON, DEFAULT_TAUS
@@ -16,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tau", type=float, nargs="+", default=list(DEFAULT_TAUS),
                         help=f"relative-difference thresholds (default: {' '.join(map(str, DEFAULT_TAUS))})")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"floor of the denominator (default: {DEFAULT_EPSILON:g})")
-    parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG")
+    parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG (or SVG, PDF)")
     parser.add_argument("--json", type=Path, help="write the per-layer counts and fractions to this JSON file")
     parser.add_argument("--allow-pickle", action="store_true", help="read local pytorch_model.bin files")
     parser.set_defaults(run=run)
@@ -25,8 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
     from hf_lwmm.io import open_weights
+    from hf_lwmm.io.output import check_output_file
     from hf_lwmm.refs import resolve
 
+    if args.plot:
+        check_output_file(args.plot, name="--plot", suffixes=PLOT_SUFFIXES)
+    if args.json:
+        check_output_file(args.json, name="--json")
     models = [resolve(model) for model in args.models]
     first, second = (open_weights(m.folder, label=str(m.ref), allow_pickle=args.allow_pickle and m.ref.is_local) for m in models)
     discrepancy = model_discrepancy(first, second, model_types=(models[0].model_type, models[1].model_type),

@@ -12,6 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(parser, flag="--dataset", required=True)
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the mean-softmax ensemble of all models")
     parser.add_argument("--output-json", type=Path, help="write the results to this JSON file")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load local pytorch_model.bin files (torch.load with weights_only=True)")
     parser.set_defaults(run=run)
 
 
@@ -54,9 +56,16 @@ def evaluation_options(args: argparse.Namespace) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from hf_lwmm.evaluation.report import per_class_table, write_json
     from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
+    from hf_lwmm.io import open_weights
+    from hf_lwmm.io.output import check_output_file
     from hf_lwmm.refs import resolve
 
-    models = [(name, resolve(name).folder) for name in args.models]
+    if args.output_json:
+        check_output_file(args.output_json, name="--output-json")  # before the evaluation, not after it
+    resolved = [resolve(name) for name in args.models]
+    for model in resolved:  # one line for corrupt weights or an unconsented pickle, before transformers reads them
+        open_weights(model.folder, label=str(model.ref), allow_pickle=args.allow_pickle and model.ref.is_local)
+    models = [(name, model.folder) for name, model in zip(args.models, resolved)]
     predictors = [Predictor(name, (index,)) for index, name in enumerate(args.models)]
     if args.ensemble:
         predictors.append(Predictor(f"ensemble of {len(models)}", tuple(range(len(models)))))

@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     output = args.output or Path("merged")
     if args.push_to_hub:
-        from hf_lwmm.hub import require_token
+        from hf_lwmm.hub import check_repo_id, require_token
 
-        require_token()  # before the merge: a missing token should not cost a merge
+        check_repo_id(args.push_to_hub)  # before the merge: a bad repo id or a missing token should not cost a merge
+        require_token()
     from hf_lwmm.commands.eval import evaluation_options, load_data
 
     eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge

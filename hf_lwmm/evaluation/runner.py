@@ -9,7 +9,8 @@ several GPUs shards the data and ``gather_for_metrics`` gives the same numbers a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
         entry.to_dataset = entry.to_dataset.to(accelerator.device)
     covered = [_covered_mask(loaded, predictor, len(class_names), accelerator.device) for predictor in predictors]
     metrics = [MeanIoU() for _ in predictors]
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_line_from_workers():
         for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress or not accelerator.is_local_main_process):
             for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
                 reference = batch["labels"] if covered[index] is None else torch.where(covered[index][batch["labels"].long().clamp(min=0)], batch["labels"], VOID)
@@ -209,6 +210,19 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
     for predictor, metric in zip(predictors, metrics):
         report.rows.append(_row(predictor, metric.compute(num_labels=len(class_names), ignore_index=VOID), class_names))
     return report
+
+
+@contextmanager
+def _one_line_from_workers() -> Iterator[None]:
+    """A bad sample found by a reading worker process stays one line (the loader re-raises it with the
+    worker's whole traceback as its message)."""
+    try:
+        yield
+    except LwmmError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1:
+            raise LwmmError(lines[-1].split(": ", 1)[-1]) from None
+        raise
 
 
 def _covered_mask(models: list[LoadedModel], predictor: Predictor, num_classes: int, device: torch.device) -> torch.Tensor | None:

@@ -56,17 +56,15 @@ def check_output_folder(output: Path, *, overwrite: bool = False, inputs: Iterab
 
 
 def check_output_file(path: Path, *, name: str, suffixes: tuple[str, ...] = ()) -> None:
-    """Refuse, before any work, an output file that could not be written: a folder, a missing or
-    unwritable parent folder, or a suffix the writer does not support (``suffixes``, e.g. ``(".png",)``)."""
+    """Refuse, before any work, an output file that could not be written: a folder, a path under a file or
+    in an unwritable folder, or a suffix the writer does not support (``suffixes``, e.g. ``(".png",)``).
+    Missing parent folders are fine: the writer creates them."""
     where = f"{name} {path}"
     if suffixes and path.suffix.lower() not in suffixes:
         raise LwmmError(f"{where}: unsupported file type {path.suffix or '(none)'!r} (use {', '.join(suffixes)})")
     if path.is_dir():
         raise LwmmError(f"{where}: is a folder; give a file name")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise LwmmError(f"{where}: {'not a folder' if parent.exists() else 'no such folder'}: {parent}")
-    _check_writable(where, parent)
+    _check_writable(where, path.resolve().parent)
 
 
 def check_output_dir(path: Path, *, name: str) -> None:
