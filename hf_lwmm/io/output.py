@@ -95,11 +95,11 @@ def staged_folder(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside ``output``; it becomes ``output`` when the block completes.
 
     On any failure the staging folder (and any parent folder made for it) is removed. The final rename
-    refuses an output that appeared meanwhile (another run wrote it) unless it existed at the start and
-    ``overwrite`` was given; an output that existed empty at the start must still be empty.
+    refuses an output other than the one there at the start (another run wrote it meanwhile); with
+    ``overwrite`` the output seen at the start is replaced, without it that one must still be empty.
     """
     output = Path(output)
-    existed = output.exists() or output.is_symlink()
+    existed = _identity(output)
     made = _make_parents(output.parent)
     remove_stale_staging(output)
     staging = _sibling(output, "tmp")
@@ -107,7 +107,7 @@ def staged_folder(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
         try:
             staging.mkdir()
             yield staging
-            _move_into_place(staging, output, replace=existed and overwrite, existed=existed)
+            _move_into_place(staging, output, existed=existed, replace=existed is not None and overwrite)
         except BaseException:
             _ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the cleanup short
             shutil.rmtree(staging, ignore_errors=True)
@@ -162,11 +162,21 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _move_into_place(staging: Path, output: Path, *, replace: bool, existed: bool) -> None:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What tells a folder from one put in its place: device and inode (``None``: nothing there)."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _move_into_place(staging: Path, output: Path, *, existed: tuple[int, int] | None, replace: bool) -> None:
+    """Rename ``staging`` to ``output``, refusing an output other than the one seen at the start (``existed``)."""
     appeared = LwmmError(f"output {output}: appeared while this run was writing it (another run?); this run's result is discarded")
+    if _identity(output) not in (None, existed):
+        raise appeared
     if not replace:
-        if output.exists() and not existed:
-            raise appeared
         try:
             staging.rename(output)  # onto nothing, or onto a folder still empty; never onto files
         except OSError as err:
@@ -175,23 +185,18 @@ def _move_into_place(staging: Path, output: Path, *, replace: bool, existed: boo
             raise
         return
     retired = _sibling(output, "old")
-    try:
-        output.rename(retired)
-    except FileNotFoundError:  # another --overwrite run is replacing it right now
-        retired = None
+    output.rename(retired)
     try:
         staging.rename(output)
     except OSError as err:
-        if retired is not None:
-            retired.rename(output)
+        retired.rename(output)
         if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise appeared from None
         raise
-    if retired is not None:
-        if retired.is_symlink():
-            retired.unlink()
-        else:
-            shutil.rmtree(retired, ignore_errors=True)
+    if retired.is_symlink():
+        retired.unlink()
+    else:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
