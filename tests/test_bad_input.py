@@ -305,3 +305,82 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_new(case: Case, inputs, 
     assert len(err) == 1 and err[0].startswith(f"lwmm-hub {argv[0]}: error: "), err
     assert case.error in err[0], err[0]
     assert _tree(workspace, Path(inputs["inputs"])) == before
+
+
+# ------------------------------------------------------------------ safetensors validated as strictly as the library
+
+
+def _header_change(change):
+    return lambda path: _rewrite_header(path, change)
+
+
+def _set(name: str, key: str, value):
+    def change(header: dict) -> dict:
+        header[name][key] = value
+        return header
+    return change
+
+
+def _append(data: bytes):
+    def corrupt(path: Path) -> None:
+        with open(path, "ab") as handle:
+            handle.write(data)
+    return corrupt
+
+
+def _tensor_file(path: Path) -> Path:
+    save_file({"a": torch.arange(4, dtype=torch.float32), "b": torch.ones(2, 2, dtype=torch.float16), "empty": torch.zeros(0)},
+              path, metadata={"format": "pt"})
+    return path
+
+
+def _gap(header: dict) -> dict:
+    header["b"]["data_offsets"] = [header["b"]["data_offsets"][0] + 2, header["b"]["data_offsets"][1] + 2]
+    return header
+
+
+STRICT_CASES = {
+    "overlap": (_header_change(_set("b", "data_offsets", [0, 8])), "overlaps the tensor before it"),
+    "gap": (_header_change(_gap), "ends past the end|leaves a gap"),
+    "trailing bytes": (_append(b"\0" * 8), "8 trailing bytes"),
+    "size differs from the shape": (_header_change(_set("b", "shape", [2, 3])), "has 8 bytes of data for its F16"),
+    "unknown dtype": (_header_change(_set("a", "dtype", "F128")), "corrupt header entry"),
+    "float offsets": (_header_change(_set("a", "data_offsets", [0.0, 16.0])), "corrupt header entry"),
+    "negative dimension": (_header_change(_set("a", "shape", [-4])), "corrupt header entry"),
+    "metadata not strings": (_header_change(lambda h: {**h, "__metadata__": {"format": 1}}), "'__metadata__' must map"),
+}
+
+
+@pytest.mark.parametrize("corrupt,message", STRICT_CASES.values(), ids=STRICT_CASES.keys())
+def test_safetensors_checked_as_strictly_as_the_library(tmp_path, corrupt, message):
+    from safetensors import safe_open
+
+    from hf_lwmm.errors import CorruptWeightsError
+    from hf_lwmm.io import open_weights
+
+    path = _tensor_file(tmp_path / "model.safetensors")
+    assert open_weights(tmp_path, label="good").infos.keys() == {"a", "b", "empty"}
+    corrupt(path)
+    with pytest.raises(Exception):  # the library refuses the file...
+        with safe_open(str(path), "pt") as handle:
+            [handle.get_tensor(name) for name in handle.keys()]
+    with pytest.raises(CorruptWeightsError, match=message):  # ...and so does the reader, in one line naming the file
+        open_weights(tmp_path, label="m")
+
+
+@pytest.mark.parametrize("shard", ["../outside/model.safetensors", "/abs/model.safetensors", "link/model.safetensors"])
+def test_shard_index_stays_inside_the_model_folder(tmp_path, shard):
+    from hf_lwmm.errors import CorruptWeightsError
+    from hf_lwmm.io import open_weights
+
+    model, outside = tmp_path / "model", tmp_path / "outside"
+    model.mkdir()
+    outside.mkdir()
+    _tensor_file(outside / "model.safetensors")
+    (model / "link").symlink_to(outside)
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard, "b": shard, "empty": shard}}))
+    with pytest.raises(CorruptWeightsError, match="inside the model folder|leading out of the model folder"):
+        open_weights(model, label="m")
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(["a", "b", "empty"], "shard.safetensors")}))
+    _tensor_file(model / "shard.safetensors")
+    assert open_weights(model, label="m").infos.keys() == {"a", "b", "empty"}
