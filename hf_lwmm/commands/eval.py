@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         predictors.append(Predictor(f"ensemble of {len(models)}", tuple(range(len(models)))))
     report = evaluate_predictors(models, predictors, load_data(args), **evaluation_options(args))
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch` every process holds the same gathered report
+        return 0
     print(per_class_table(report))
     if args.output_json:
         write_json(args.output_json, report)

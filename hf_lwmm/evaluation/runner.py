@@ -278,11 +278,18 @@ def resize_to_labels(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
 
 
 def _gathered(accelerator: Any, predicted: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both masks from every process (padded to a common size with void), without the last batch's repeats."""
+    """Both masks from every process (padded to a common size with void), without the last batch's repeats.
+
+    Across processes the masks travel as int32: neither gloo (CPU) nor NCCL can gather int16.
+    """
+    if accelerator.num_processes == 1:
+        return predicted, reference
+    predicted, reference = predicted.to(torch.int32), reference.to(torch.int32)
     for dim in (1, 2):
         predicted = accelerator.pad_across_processes(predicted, dim=dim, pad_index=0)
         reference = accelerator.pad_across_processes(reference, dim=dim, pad_index=VOID)
-    return accelerator.gather_for_metrics((predicted, reference))
+    predicted, reference = accelerator.gather_for_metrics((predicted, reference))
+    return predicted.to(torch.int16), reference.to(torch.int16)
 
 
 def _row(predictor: Predictor, result: dict[str, Any], class_names: list[str]) -> RowResult:
