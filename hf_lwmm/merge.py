@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_lwmm.align import Alignment, TensorStatus, align
-from hf_lwmm.errors import CorruptWeightsError, LwmmError
+from hf_lwmm.errors import CorruptWeightsError
 from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, TensorSource, open_weights
 from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.layers import layer_of, order_layers

@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row.method:<10} {result.merged_tensors:>7} {result.anchor_tensors:>7} {len(result.layer_weights):>6} "
               f"{row.agreement:>7.1%}  {result.output_dir} ({digest}…)")
     print("\nmerged / anchor: tensors merged vs taken from the anchor; agree: pixels where the merge predicts the anchor's class.")
-    print(f"Each folder loads with AutoModelForSemanticSegmentation.from_pretrained and holds README.md (card), "
-          f"lwmm_recipe.yaml and lwmm_weights.png.")
+    print("Each folder loads with AutoModelForSemanticSegmentation.from_pretrained and holds README.md (card), "
+          "lwmm_recipe.yaml and lwmm_weights.png.")
     return 0
