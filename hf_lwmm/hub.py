@@ -177,6 +177,18 @@ def _target_branch(api: HfApi, repo_id: str, options: PushOptions) -> tuple[str,
     return revision, True
 
 
+def check_push_target(repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> None:
+    """Before any long work (``merge --push-to-hub``): the repo id, the token, and the target branch."""
+    check_repo_id(repo_id)
+    api = HfApi(token=require_token(token))
+    try:
+        _target_branch(api, repo_id, options)
+    except LwmmError:
+        raise
+    except Exception as err:  # HTTP or network failure: one line
+        raise LwmmError(f"push to {repo_id}: {describe_hub_error(err)}") from err
+
+
 def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> PushResult:
     """Create the repo if needed and upload the merged folder in one commit; optionally file it in a collection.
 

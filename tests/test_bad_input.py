@@ -193,6 +193,7 @@ CLI_CASES = {
     "output is an input, via a link": Case("merge {m0} {m1} -o {m1_link} --overwrite", "is the input"),
     "output inside an input": Case("merge {m0} {m1} -o {m1}/merged", "lies inside the input"),
     "output contains an input": Case("merge {m0} {m1} -o {inputs} --overwrite", "contains the input"),
+    "output is an input's parent, relative": Case("merge {m0} {m1} -o {m1_relative}/.. --overwrite", "contains the input"),
     "output is a file": Case("merge {m0} {m1} -o {file} --overwrite", "exists and is not a folder"),
     "config.json is an array": Case("merge {m0} {config_array} -o {ws}/out", "config.json is a JSON list"),
     "overlapping tensors": Case("merge {m0} {overlapping} -o {ws}/out", "overlaps the tensor before it"),
@@ -203,6 +204,7 @@ CLI_CASES = {
     "eval of overlapping tensors": Case("eval {overlapping} --dataset {data}", "overlaps the tensor before it"),
     "eval of a pickle": Case("eval {pickle} --dataset {data}", "--allow-pickle"),
     "eval of a corrupt PNG": Case("eval {m0} --dataset {corrupt_png}", "frame_001.png: not a readable image"),
+    "eval of a corrupt PNG, in a worker": Case("eval {m0} --dataset {corrupt_png} --num-workers 1", "frame_001.png: not a readable image"),
     "eval --max-samples -3": Case("eval {m0} --dataset {data} --max-samples -3", "max_samples -3: must be at least 1"),
     # output paths are checked before the evaluation: the corrupt PNG would fail it
     "eval --output-json onto a folder": Case("eval {m0} --dataset {corrupt_png} --output-json {inputs}", "--output-json"),

@@ -276,3 +276,11 @@ def test_bad_push_repo_is_refused_before_the_merge(hub: HubServer, tmp_path: Pat
     assert lwmm("merge", *models, "--output", tmp_path / "out", "--push-to-hub", "a/b/c") == 2
     assert "repo 'a/b/c': expected a Hub repo id" in capfd.readouterr().err
     assert not (tmp_path / "out").exists() and not hub.requests
+
+    repo_id = f"{hub.user}/tagged"
+    HfApi().create_repo(repo_id)
+    HfApi().create_tag(repo_id, tag="v1")
+    for revision, message in [("v1", "--revision v1: is a tag of"), ("dev", "--revision dev: ")]:
+        assert lwmm("merge", *models, "--output", tmp_path / "out", "--push-to-hub", repo_id, "--revision", revision) == 2
+        assert message in capfd.readouterr().err
+        assert not (tmp_path / "out").exists()

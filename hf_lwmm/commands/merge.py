@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     output = args.output or Path("merged")
     if args.push_to_hub:
-        from hf_lwmm.hub import check_repo_id, require_token
+        from hf_lwmm.commands.push import push_options
+        from hf_lwmm.hub import check_push_target
 
-        check_repo_id(args.push_to_hub)  # before the merge: a bad repo id or a missing token should not cost a merge
-        require_token()
+        check_push_target(args.push_to_hub, push_options(args))  # a bad repo, token or branch should not cost a merge
     from hf_lwmm.commands.eval import evaluation_options, load_data
 
     eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge
@@ -96,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
 
         print(per_class_table(record_evaluation(result, eval_data, **evaluation_options(args))))
     if args.push_to_hub:
-        from hf_lwmm.commands.push import push_options
         from hf_lwmm.hub import push_folder
 
         print(push_folder(result.output_dir, args.push_to_hub, push_options(args)).summary())

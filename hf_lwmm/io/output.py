@@ -36,7 +36,8 @@ def check_output_folder(output: Path, *, overwrite: bool = False, inputs: Iterab
     also through symbolic links or relative paths. ``name`` names the argument in the error.
     """
     where = f"{name} {output}"
-    target = Path(output).resolve()
+    output = _absolute(output)
+    target = output.resolve()
     if target == Path(target.anchor):
         raise LwmmError(f"{where}: the root folder cannot be an output")
     for folder in inputs:
@@ -98,7 +99,7 @@ def staged_folder(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
     refuses an output other than the one there at the start (another run wrote it meanwhile); with
     ``overwrite`` the output seen at the start is replaced, without it that one must still be empty.
     """
-    output = Path(output)
+    output = _absolute(output)
     existed = _identity(output)
     made = _make_parents(output.parent)
     remove_stale_staging(output)
@@ -127,6 +128,11 @@ def remove_stale_staging(output: Path) -> list[Path]:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
     return removed
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute with ``.`` and ``..`` removed, so that it has a name and a parent (``-o .``)."""
+    return Path(os.path.abspath(path))
 
 
 def _sibling(output: Path, kind: str) -> Path:
