@@ -168,8 +168,9 @@ def _target_branch(api: HfApi, repo_id: str, options: PushOptions) -> tuple[str,
         branches, tags = {ref.name for ref in refs.branches}, {ref.name for ref in refs.tags}
     except RepositoryNotFoundError:
         branches, tags = {MAIN_BRANCH}, set()  # a new repo starts with main only
-    if revision in tags:
-        raise LwmmError(f"--revision {revision}: is a tag of {repo_id}, not a branch; commits go to branches (choose another name)")
+    if revision in tags or revision.startswith("refs/"):
+        raise LwmmError(f"--revision {revision}: is {'a tag' if revision in tags else 'a ref'} of {repo_id}, not a branch; commits go to "
+                        "branches (choose another name)")
     if revision in branches:
         return revision, False
     if not options.create_branch:

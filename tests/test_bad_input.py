@@ -386,3 +386,18 @@ def test_shard_index_stays_inside_the_model_folder(tmp_path, shard):
     (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(["a", "b", "empty"], "shard.safetensors")}))
     _tensor_file(model / "shard.safetensors")
     assert open_weights(model, label="m").infos.keys() == {"a", "b", "empty"}
+
+
+def test_shards_of_a_hub_cache_snapshot_may_link_into_its_blobs(tmp_path):
+    """huggingface_hub stores a snapshot's files as links to ``../../blobs/…``: inside the cached repo, so allowed."""
+    from hf_lwmm.io import open_weights
+
+    repo = tmp_path / "hub" / "models--org--name"
+    snapshot, blobs = repo / "snapshots" / ("0" * 40), repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    _tensor_file(blobs / "f00d")
+    (snapshot / "shard.safetensors").symlink_to(Path("../../blobs/f00d"))
+    (blobs / "cafe").write_text(json.dumps({"weight_map": dict.fromkeys(["a", "b", "empty"], "shard.safetensors")}))
+    (snapshot / "model.safetensors.index.json").symlink_to(Path("../../blobs/cafe"))
+    assert open_weights(snapshot, label="org/name").infos.keys() == {"a", "b", "empty"}
