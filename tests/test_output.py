@@ -30,6 +30,9 @@ BLOCKED_MERGE = textwrap.dedent("""
     sys.exit(main(sys.argv[1:]))
 """)
 
+#: the subprocesses share the cores with the test run: one thread each
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 @pytest.fixture
 def models(tmp_path):
@@ -54,7 +57,7 @@ def test_signals_mid_merge_leave_nothing_and_a_killed_run_is_cleaned_up_by_the_n
     parent.mkdir()
     signals = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGHUP": signal.SIGHUP, "SIGKILL": signal.SIGKILL}
     runs = {name: subprocess.Popen([sys.executable, "-c", BLOCKED_MERGE, "merge", *map(str, models), "--output", str(parent / name)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in signals}
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD) for name in signals}
     for name, run in runs.items():  # all four start together: the interpreters load in parallel
         assert run.stdout.readline() == "writing\n", run.communicate()[1]
         assert any(parent.iterdir())  # the staging folder exists now
@@ -97,7 +100,7 @@ def test_two_merges_to_one_new_output_the_second_fails_and_the_first_stays(model
     output = tmp_path / "merged"
     second = subprocess.Popen([sys.executable, "-c", BLOCKED_MERGE.replace("time.sleep(120)", "sys.stdin.readline()"),
                                "merge", *map(str, models), "--method", "isotropic", "--output", str(output)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     assert second.stdout.readline() == "writing\n"
     assert main(["merge", *map(str, models), "--output", str(output)]) == 0  # the first finishes meanwhile
     first = sha256_of(output / "model.safetensors")
