@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -65,8 +66,12 @@ class Alignment:
         return [key for key, tensor in self.tensors.items() if list(tensor.names) == [index]]
 
 
-def align(sources: list[TensorSource], model_types: list[str | None], *, anchor: int) -> Alignment:
-    """Match tensors across models by canonical name and shape."""
+def align(sources: list[TensorSource], model_types: list[str | None], *, anchor: int, same_depths: bool = True) -> Alignment:
+    """Match tensors across models by canonical name and shape.
+
+    ``same_depths``: refuse models whose encoders have different numbers of blocks per stage (what a
+    merge needs); without it, such models are aligned on what they still share (for a report).
+    """
     canonical: list[dict[str, TensorInfo]] = []
     for source, model_type in zip(sources, model_types):
         canonical.append({canonical_name(name, model_type): info for name, info in source.infos.items()})
@@ -82,11 +87,11 @@ def align(sources: list[TensorSource], model_types: list[str | None], *, anchor:
         else:
             status = TensorStatus.SHARED
         alignment.tensors[key] = AlignedTensor(key, status, {i: info.name for i, info in present.items()}, shapes)
-    _check_compatible(alignment, canonical)
+    _check_compatible(alignment, canonical, same_depths=same_depths)
     return alignment
 
 
-def _check_compatible(alignment: Alignment, canonical: list[dict[str, TensorInfo]]) -> None:
+def _check_compatible(alignment: Alignment, canonical: list[dict[str, TensorInfo]], *, same_depths: bool) -> None:
     shared = alignment.shared
     has_encoder = any(key.startswith(ENCODER_PREFIX) for key in canonical[alignment.anchor])
     if not shared or (has_encoder and not any(key.startswith(ENCODER_PREFIX) for key in shared)):
@@ -94,17 +99,17 @@ def _check_compatible(alignment: Alignment, canonical: list[dict[str, TensorInfo
             f"models {', '.join(alignment.labels)} share no encoder tensor (same name and shape): they do not share a backbone"
         )
     depths = [_encoder_depths(table) for table in canonical]
-    for label, depth in zip(alignment.labels, depths):
+    for label, depth in zip(alignment.labels, depths if same_depths else []):
         if depth != depths[alignment.anchor]:
             raise IncompatibleModelsError(
                 f"model {label} has encoder depths {depth}, the anchor {alignment.labels[alignment.anchor]} has {depths[alignment.anchor]}"
             )
 
 
-def _encoder_depths(table: dict[str, TensorInfo]) -> list[int]:
+def _encoder_depths(keys: Iterable[str]) -> list[int]:
     """Blocks per encoder stage, read from ``encoder.block.{stage}.{block}`` names."""
     blocks: dict[int, set[int]] = defaultdict(set)
-    for key in table:
+    for key in keys:
         match = _ENCODER_BLOCK.match(key)
         if match:
             blocks[int(match.group(1))].add(int(match.group(2)))
@@ -130,6 +135,7 @@ def alignment_report(alignment: Alignment) -> str:
     lines = [f"models: " + ", ".join(f"[{i}] {label}" + (" (anchor)" if i == alignment.anchor else "") for i, label in enumerate(labels))]
     counts = alignment_counts(alignment)
     lines.append("tensors: " + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    lines += _depth_report(alignment)
     width = max(len(layer) for layer in by_layer)
     for layer in order_layers(list(alignment.tensors)):
         tensors = by_layer[layer]
@@ -137,12 +143,37 @@ def alignment_report(alignment: Alignment) -> str:
         shared = sum(t.status is TensorStatus.SHARED for t in tensors)
         if shared:
             parts.append(f"{shared} shared")
+        partial: dict[str, list[str]] = defaultdict(list)  # who has them → their short names
         for tensor in tensors:
             short = tensor.key.rsplit(".", 1)[-1] if tensor.key.count(".") else tensor.key
             if tensor.status is TensorStatus.SHAPE_MISMATCH:
                 shapes = " vs ".join(f"[{i}]{list(shape)}" for i, shape in tensor.shapes.items())
                 parts.append(f"shape-mismatch {short} {shapes}")
             elif tensor.status is TensorStatus.PARTIAL:
-                parts.append(f"{short} only in " + ",".join(f"[{i}]" for i in tensor.names))
+                partial[",".join(f"[{i}]" for i in tensor.names)].append(short)
+        parts += [f"{names[0] if len(names) == 1 else f'{len(names)} tensors'} only in {owners}" for owners, names in partial.items()]
         lines.append(f"  {layer:<{width}}  " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _depth_report(alignment: Alignment) -> list[str]:
+    """When encoder depths differ: each model's depths and, per stage, the first blocks all models share."""
+    depths = [_encoder_depths(key for key, tensor in alignment.tensors.items() if index in tensor.names)
+              for index in range(len(alignment.labels))]
+    if all(depth == depths[alignment.anchor] for depth in depths):
+        return []
+    lines = ["encoder depths differ (blocks per stage): " + ", ".join(f"[{i}] {depth}" for i, depth in enumerate(depths))]
+    blocks: dict[int, dict[int, bool]] = defaultdict(dict)
+    for key, tensor in alignment.tensors.items():
+        match = _ENCODER_BLOCK.match(key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            blocks[stage][block] = blocks[stage].get(block, True) and tensor.status is TensorStatus.SHARED
+    shared = []
+    for stage in sorted(blocks):
+        count = next((block for block in sorted(blocks[stage]) if not blocks[stage][block]), len(blocks[stage]))
+        first = {0: "none", 1: "block 0"}.get(count, f"blocks 0–{count - 1}")
+        shared.append(f"stage {stage}: {first} of {len(blocks[stage])}")
+    lines.append("shared by all: " + "; ".join(shared))
+    lines.append("(lwmm-hub merge refuses models of different depths; the layers below show what they share)")
+    return lines

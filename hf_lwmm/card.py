@@ -29,7 +29,9 @@ _MAX_ALIGNMENT_LINES = 20
 
 
 def source_records(result: "MergeResult") -> list[dict[str, Any]]:
-    """One record per source: reference as given, resolved commit, role, label count, model type."""
+    """One record per source: reference as given, resolved commit, role, label count, model type, weights' sha256."""
+    from hf_lwmm.io import weights_sha256
+
     return [
         {
             "ref": str(model.ref),
@@ -37,6 +39,7 @@ def source_records(result: "MergeResult") -> list[dict[str, Any]]:
             "role": "anchor" if index == result.anchor else "source",
             "num_labels": model.num_labels,
             "model_type": model.model_type,
+            "weights_sha256": weights_sha256(model.folder),
         }
         for index, model in enumerate(result.models)
     ]

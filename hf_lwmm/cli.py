@@ -1,4 +1,4 @@
-"""``lwmm-hub``: one sub-command per module in :mod:`hf_lwmm.commands`."""
+"""lwmm-hub: one sub-command per module in hf_lwmm.commands."""
 
 from __future__ import annotations
 
@@ -11,21 +11,48 @@ from hf_lwmm.errors import LwmmError
 #: modules under hf_lwmm.commands, each with ``register(subparsers)``; listed in help order
 COMMANDS = ("merge", "align", "eval", "compare", "sweep", "diff", "demo", "push", "reproduce")
 
+EXAMPLES = """examples:
+  lwmm-hub demo                                    offline demo on small built-in models
+  lwmm-hub merge org/model-a org/model-b --anchor org/model-a -o merged
+  lwmm-hub merge --help                            the options of one command
+
+-q/--quiet and -v/--verbose go before or after the command."""
+
+
+def add_verbosity_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """-q/-v, on the main parser (``default``: normal) and on every command (``SUPPRESS``: keep the main one's)."""
+    from hf_lwmm.console import Verbosity
+
+    group = parser.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=Verbosity.QUIET, default=default,
+                       help="print errors and the final result only (no notes, no progress bars)")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=Verbosity.VERBOSE, default=default,
+                       help="let the libraries (transformers, huggingface_hub, datasets, …) log, warn and show their bars")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from hf_lwmm import __version__
+    from hf_lwmm.console import Verbosity
 
-    parser = argparse.ArgumentParser(prog="lwmm-hub", description="Layer-wise merging of segmentation models from the Hugging Face Hub.")
+    parser = argparse.ArgumentParser(prog="lwmm-hub", description="Layer-wise merging of segmentation models from the Hugging Face Hub.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_verbosity_options(parser, default=Verbosity.NORMAL)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"hf_lwmm.commands.{name}").register(subparsers)
+    for command in subparsers.choices.values():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter  # descriptions hold their own line breaks and examples
+        add_verbosity_options(command, default=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
+    from hf_lwmm.console import configure
+
     args = build_parser().parse_args(argv)
+    configure(args.verbosity)
     try:
         return int(args.run(args) or 0)
     except LwmmError as err:

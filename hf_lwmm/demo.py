@@ -7,11 +7,14 @@ with a coarser class set (so its classifier differs) — no token, no network, n
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from hf_lwmm.console import progress_bar
+from hf_lwmm.errors import LwmmError
 from hf_lwmm.io.output import check_output_folder
 from hf_lwmm.merge import MergeResult, merge
 from hf_lwmm.methods import METHODS
@@ -68,19 +71,26 @@ def prediction_agreement(model_dir: Path, anchor_dir: Path, *, image_size: int =
     return float((merged == anchor).float().mean())
 
 
-def run_demo(output: Path, *, overwrite: bool = False) -> list[DemoRow]:
-    """Build the sources under ``output/sources`` and write one merged model per method."""
+def run_demo(output: Path, *, overwrite: bool = False, methods: Sequence[str] | None = None,
+             progress: bool = True) -> list[DemoRow]:
+    """Build the sources under ``output/sources`` and write one merged model per method (default: every one)."""
+    methods = list(methods or METHODS)
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise LwmmError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
     check_output_folder(output, overwrite=overwrite)
     if output.exists():
         shutil.rmtree(output)
-    sources = build_sources(output / "sources")
-    models = [str(path) for path in sources]
-    anchor = models[0]
     rows = []
-    for method in METHODS:
-        recipe = MergeRecipe(models=models, anchor=anchor, method=method, **demo_options(method, len(models), output))
-        result = merge(recipe, output / f"merged-{method}", progress=False)
-        rows.append(DemoRow(method, result, prediction_agreement(result.output_dir, sources[0])))
+    with progress_bar(total=1 + len(methods), desc="demo", unit="step", enabled=progress) as bar:
+        sources = build_sources(output / "sources")
+        bar.update()
+        models = [str(path) for path in sources]
+        for method in methods:
+            recipe = MergeRecipe(models=models, anchor=models[0], method=method, **demo_options(method, len(models), output))
+            result = merge(recipe, output / f"merged-{method}", progress=False)
+            rows.append(DemoRow(method, result, prediction_agreement(result.output_dir, sources[0])))
+            bar.update()
     return rows
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from hf_lwmm.align import align
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import TensorSource
 from hf_lwmm.layers import layer_of, order_layers
@@ -106,7 +106,7 @@ def model_discrepancy(a: TensorSource, b: TensorSource, *, model_types: tuple[st
     keys = [key for key in alignment.shared
             if is_compared(key, a.infos[alignment.tensors[key].names[0]].dtype)]
     counts: dict[str, list[int]] = {}
-    for key in tqdm(keys, desc="comparing", unit="tensor", disable=not progress):
+    for key in progress_bar(keys, desc="comparing", unit="tensor", enabled=progress):
         names = alignment.tensors[key].names
         tensor_a, tensor_b = a.get(names[0]), b.get(names[1])
         totals = counts.setdefault(layer_of(key), [0] * (len(taus) + 1))

@@ -8,7 +8,6 @@ Tokens come from ``HF_TOKEN`` or the stored login and are never written anywhere
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 import shlex
 import tempfile
@@ -22,6 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 
 from hf_lwmm.card import CARD_NAME
 from hf_lwmm.errors import LwmmError
+from hf_lwmm.io import sha256_of, weights_sha256
 from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe
 from hf_lwmm.refs import CONFIG_NAME, ModelRef, is_repo_id
 
@@ -287,11 +287,38 @@ def describe_hub_error(err: BaseException) -> str:
 
 
 @dataclass(frozen=True)
+class SourceCheck:
+    """A source of the merge: how it was pinned, and its weights' sha256 as recorded and as pulled now."""
+
+    ref: str
+    commit: str | None
+    recorded: dict[str, str] | None
+    current: dict[str, str]
+
+    @property
+    def changed(self) -> bool:
+        return self.recorded is not None and self.recorded != self.current
+
+    def describe(self) -> str:
+        where = f"@ {self.commit}" if self.commit else "local folder: no commit to pin, used as it is now"
+        if self.recorded is None:
+            return f"  {self.ref}  ({where}; its sha256 was not recorded)"
+        if not self.changed:
+            return f"  {self.ref}  ({where}; weights unchanged)"
+        lines = [f"  {self.ref}  ({where}; CHANGED since the merge)"]
+        for name in sorted(set(self.recorded) | set(self.current)):
+            recorded, current = self.recorded.get(name, "—"), self.current.get(name, "—")
+            if recorded != current:
+                lines.append(f"    {name}: recorded {recorded[:16]}, now {current[:16]}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class Reproduction:
-    """Published vs reproduced sha256 of each weights file."""
+    """Published vs reproduced sha256 of each weights file, and each source's recorded vs current sha256."""
 
     target: str
-    sources: list[str]
+    sources: list[SourceCheck]
     published: dict[str, str]
     reproduced: dict[str, str]
 
@@ -310,10 +337,15 @@ class Reproduction:
         return "\n".join(f"{name:<{width}}  {published:<16}  {reproduced:<16}  {verdict}" for name, published, reproduced, verdict in rows)
 
     def summary(self) -> str:
-        header = [f"reproduced {self.target} from {len(self.sources)} sources pinned at their recorded commits:"]
-        header += [f"  {source}" for source in self.sources]
-        verdict = "match: the weights are bit-identical" if self.matches else "MISMATCH: the weights differ from the published ones"
-        return "\n".join([*header, self.table(), verdict])
+        header = [f"reproduced {self.target} from {len(self.sources)} sources, Hub ones pinned at their recorded commits:"]
+        header += [source.describe() for source in self.sources]
+        if self.matches:
+            verdict = ["match: the weights are bit-identical"]
+        else:
+            changed = [source.ref for source in self.sources if source.changed]
+            verdict = ["MISMATCH: the weights differ from the published ones"
+                       + (f" ({', '.join(changed)} changed since the merge)" if changed else "")]
+        return "\n".join([*header, self.table(), *verdict])
 
 
 def pinned_recipe(document: dict[str, Any], *, source: str) -> MergeRecipe:
@@ -339,7 +371,9 @@ def reproduce(target: str, *, token: str | bool | None = None, progress: bool = 
     published = {path.name: sha256_of(path) for path in sorted(folder.glob("*.safetensors"))}
     with tempfile.TemporaryDirectory(prefix="lwmm-reproduce-") as scratch:
         result = merge(recipe, Path(scratch) / "merged", token=token, progress=progress)
-    return Reproduction(target, list(recipe.models), published, dict(result.sha256))
+    checks = [SourceCheck(str(record["ref"]), record.get("commit"), record.get("weights_sha256"), weights_sha256(model.folder))
+              for record, model in zip(document["sources"], result.models)]
+    return Reproduction(target, checks, published, dict(result.sha256))
 
 
 def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
@@ -364,11 +398,3 @@ def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
     if not (folder / RECIPE_NAME).is_file():
         raise LwmmError(f"{target}: the repo has no {RECIPE_NAME} (was it pushed by lwmm-hub?)")
     return folder
-
-
-def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

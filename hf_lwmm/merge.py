@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from hf_lwmm.align import Alignment, TensorStatus, align
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import CorruptWeightsError
 from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, TensorSource, open_weights
 from hf_lwmm.io.output import check_output_folder, staged_folder
@@ -203,7 +203,7 @@ def _write_weights(result: MergeResult, sources: list[TensorSource], method: Mer
         return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
 
     merged_tensors = anchor_tensors = 0
-    bar = tqdm(total=len(keys), desc="merging", unit="tensor", disable=not progress)
+    bar = progress_bar(total=len(keys), desc="merging", unit="tensor", enabled=progress)
     with bar, ShardedSafetensorsWriter(folder, plan, max_shard_size=recipe.max_shard_size, metadata={"merged_by": "hf_lwmm"}) as writer:
         for key, out in zip(keys, plan):
             bar.update()

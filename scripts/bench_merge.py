@@ -124,7 +124,7 @@ def make_models(argv: Sequence[str]) -> None:
 
     import torch
     from safetensors.torch import load_file, save_file
-    from tqdm.auto import tqdm
+    from hf_lwmm.console import progress_bar
     from transformers import SegformerForSemanticSegmentation
 
     config = segformer_config(SIZES[args.size])
@@ -140,7 +140,7 @@ def make_models(argv: Sequence[str]) -> None:
         model.save_pretrained(first)
         del model
     base = load_file(first / WEIGHTS_NAME)
-    for seed, folder in enumerate(tqdm(others, desc="making models", unit="model"), start=1):
+    for seed, folder in enumerate(progress_bar(others, desc="making models", unit="model"), start=1):
         if is_complete(folder):
             continue
         generator = torch.Generator().manual_seed(seed)
@@ -297,10 +297,10 @@ def warm_up(models: list[Path], workdir: Path, *, threads: int) -> float:
 
 def run_benchmark(counts: list[int], folders: list[Path], workdir: Path, *, repeat: int, threads: int) -> list[Measurement]:
     """Median over ``repeat`` rounds; the variant order is reversed every other round."""
-    from tqdm.auto import tqdm
+    from hf_lwmm.console import progress_bar
 
     runs: list[Measurement] = []
-    with tqdm(total=repeat * len(counts) * len(VARIANTS), desc="benchmark", unit="run") as bar:
+    with progress_bar(total=repeat * len(counts) * len(VARIANTS), desc="benchmark", unit="run") as bar:
         for round_index in range(repeat):
             order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
             for count in counts:

@@ -43,9 +43,9 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from hf_lwmm.align import TensorStatus, align  # noqa: E402
+from hf_lwmm.console import Verbosity, configure, progress_bar  # noqa: E402
 from hf_lwmm.diff import Discrepancy, discrepancy_plot, model_discrepancy  # noqa: E402
 from hf_lwmm.errors import LwmmError  # noqa: E402
 from hf_lwmm.evaluation.data import SegmentationData, load_segmentation_data  # noqa: E402
@@ -217,7 +217,7 @@ class Context:
         with tempfile.TemporaryDirectory(prefix="lwmm-experiments-") as scratch:
             folders = {name: Path(self.zoo.folder(name)) for row in runnable if row.recipe is None for name in row.members}
             merges = [row for row in runnable if row.recipe is not None]
-            for index, row in enumerate(tqdm(merges, desc="merging", unit="merge", disable=not self.progress)):
+            for index, row in enumerate(progress_bar(merges, desc="merging", unit="merge", enabled=self.progress)):
                 folders[row.name] = merge(row.recipe, Path(scratch) / f"merge-{index:03d}", progress=False).output_dir
             entries = list(folders.items())
             position = {name: index for index, (name, _) in enumerate(entries)}
@@ -488,7 +488,7 @@ def discrepancies(context: Context, out: Path) -> Experiment:
     pairs = [(f"checkpoints {a} → {b}", a, b) for a, b in zip(zoo.checkpoints, zoo.checkpoints[1:])]
     pairs += [(f"strategies {best} vs {other}", best, other) for other in context.ranking[1:]]
     results: dict[str, Discrepancy] = {}
-    for label, first, second in tqdm(pairs, desc="discrepancy", unit="pair", disable=not context.progress):
+    for label, first, second in progress_bar(pairs, desc="discrepancy", unit="pair", enabled=context.progress):
         sources = [open_weights(Path(zoo.folder(name)), label=name) for name in (first, second)]
         results[label] = model_discrepancy(*sources, taus=DIFF_TAUS, progress=False)
     discrepancy_plot(out / "fig2_discrepancy.png", {label: result.fractions_at(PLOT_TAU) for label, result in results.items()},
@@ -598,18 +598,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per evaluation batch (default: 4)")
     parser.add_argument("--fisher-samples", type=int, default=32, help="dusk/train images the Fisher is estimated on (default: 32)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (even on a terminal)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers.utils import logging as transformers_logging
-
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per model loaded drowns the tables
+    configure(Verbosity.QUIET if args.quiet else Verbosity.NORMAL)  # the libraries' own bars and logs would drown the tables
     if args.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # the evaluation runs under accelerate, which would pick a GPU
     elif args.device == "cuda" and not torch.cuda.is_available():

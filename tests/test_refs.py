@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard, constants
 
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.errors import LwmmError
+from hf_lwmm.io import sha256_of
 from hf_lwmm.refs import ModelRef, resolve
 
 from helpers import make_tiny_segformer
@@ -72,5 +73,7 @@ def test_merge_records_resolved_commits(tmp_path, monkeypatch):
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert result.models[0].commit == SHA and f"`{SHA}`" in card.text
     assert card.data.base_model == ["org/uda-mic"] and card.data.base_model_relation == "merge"
-    assert card.data.lwmm_sources[0] == {"ref": "org/uda-mic", "commit": SHA, "role": "anchor", "num_labels": 5, "model_type": "segformer"}
+    weights = {"model.safetensors": sha256_of(tmp_path / "a" / "model.safetensors")}
+    assert card.data.lwmm_sources[0] == {"ref": "org/uda-mic", "commit": SHA, "role": "anchor", "num_labels": 5, "model_type": "segformer",
+                                         "weights_sha256": weights}
     assert f"lwmm-hub merge org/uda-mic@{SHA} {local}" in card.text

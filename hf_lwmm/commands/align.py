@@ -1,4 +1,9 @@
-"""``lwmm-hub align A B …``: which tensors the models share, grouped by layer."""
+"""Which tensors the models share, grouped by layer: shared, shape-mismatch, or only in some models.
+
+examples:
+  lwmm-hub align org/uda-a org/uda-b
+  lwmm-hub align ./a ./b ./c --anchor ./b
+"""
 
 from __future__ import annotations
 
@@ -25,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     anchor = MergeRecipe(models=args.models, anchor=args.anchor).anchor_index
     models = [resolve(model) for model in args.models]
     sources = [open_weights(m.folder, label=str(m.ref), allow_pickle=args.allow_pickle and m.ref.is_local) for m in models]
-    print(alignment_report(align(sources, [m.model_type for m in models], anchor=anchor)))
+    print(alignment_report(align(sources, [m.model_type for m in models], anchor=anchor, same_depths=False)))
     return 0

@@ -1,5 +1,9 @@
-"""``lwmm-hub compare A B … --dataset DATA``: layer-wise merging against single models, isotropic and
-Fisher merges and the output ensemble: mIoU, Δ vs the anchor, and relative inference cost."""
+"""Layer-wise merging against single models, isotropic and Fisher merges and the output ensemble:
+mean IoU, difference to the anchor, and relative inference cost, as tables, compare.json and compare.png.
+
+example:
+  lwmm-hub compare org/uda-a org/uda-b org/uda-c --dataset ./dusk-val --fisher-data ./dusk-train-images
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_lwmm.console import note
     from hf_lwmm.evaluation.compare import compare_models
     from hf_lwmm.evaluation.report import bar_plot, comparison_table, per_class_table, write_json
     from hf_lwmm.io.output import check_output_dir
@@ -42,11 +47,10 @@ def run(args: argparse.Namespace) -> int:
                                 evaluation=evaluation_options(args))
     report = comparison.report
     print(per_class_table(report))
-    print()
-    print(f"anchor: {comparison.anchor}" + ("" if args.fisher_data else "  (no --fisher-data: Fisher merge skipped)"))
+    note("", f"anchor: {comparison.anchor}" + ("" if args.fisher_data else "  (no --fisher-data: Fisher merge skipped)"))
     print(comparison_table(report, anchor=comparison.anchor))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "compare.json", report, anchor=comparison.anchor, recipes=comparison.recipes)
     bar_plot(args.output_dir / "compare.png", report, anchor=comparison.anchor)
-    print(f"results → {args.output_dir / 'compare.json'}, {args.output_dir / 'compare.png'}")
+    note(f"results → {args.output_dir / 'compare.json'}, {args.output_dir / 'compare.png'}")
     return 0

@@ -1,5 +1,9 @@
-"""``lwmm-hub diff A B [--tau 0.1 …]``: per layer, the fraction of shared parameters whose relative
-difference |a−b| / max(|a|, |b|, ε) exceeds τ (the paper's Fig. 2), as a table, a plot and JSON."""
+"""Per layer, the fraction of shared parameters whose relative difference |a-b| / max(|a|, |b|, eps)
+exceeds tau (the paper's Fig. 2), as a table, a plot and JSON.
+
+example:
+  lwmm-hub diff org/uda-a org/uda-b --tau 0.1 0.5 --plot diff.png --json diff.json
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_lwmm.console import note
     from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
     from hf_lwmm.io import open_weights
     from hf_lwmm.io.output import check_output_file
@@ -44,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         lines = {f"τ = {tau:g}": discrepancy.fractions_at(tau) for tau in discrepancy.taus}
         discrepancy_plot(args.plot, lines, title=f"{discrepancy.labels[0]} vs {discrepancy.labels[1]}")
-        print(f"plot → {args.plot}")
+        note(f"plot → {args.plot}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(discrepancy.to_dict(), indent=2) + "\n")
-        print(f"results → {args.json}")
+        note(f"results → {args.json}")
     return 0

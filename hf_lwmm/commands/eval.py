@@ -1,4 +1,9 @@
-"""``lwmm-hub eval MODEL [MODEL …] --dataset DATA``: mean IoU of each model (and their output ensemble)."""
+"""Mean IoU of each model (and of their output ensemble) on a segmentation dataset.
+
+examples:
+  lwmm-hub eval merged org/uda-a --dataset ./dusk-val
+  lwmm-hub eval org/uda-a org/uda-b --ensemble --dataset org/cityscapes-val@main --split validation --max-samples 100
+"""
 
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ def evaluation_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_lwmm.console import note
     from hf_lwmm.evaluation.report import per_class_table, write_json
     from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
     from hf_lwmm.io import open_weights
@@ -77,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
     print(per_class_table(report))
     if args.output_json:
         write_json(args.output_json, report)
-        print(f"results → {args.output_json}")
+        note(f"results → {args.output_json}")
     return 0

@@ -1,4 +1,14 @@
-"""``lwmm-hub merge A B … --anchor A --output DIR``: merge models into a stock transformers folder."""
+"""Merge models into a stock transformers folder (config, safetensors weights, card, recipe).
+
+Layer-wise by default: every shared layer averages the models, with the anchor's weight rising from
+--alpha in early layers to 1 in the deepest ones; heads and tensors the models do not share come from
+the anchor.
+
+examples:
+  lwmm-hub merge org/uda-a org/uda-b org/uda-c --anchor org/uda-a -o merged
+  lwmm-hub merge ./a ./b --method isotropic -o merged-iso --push-to-hub me/merged-iso
+  lwmm-hub merge --recipe merged/lwmm_recipe.yaml --alpha 0.5 -o merged-alpha05
+"""
 
 from __future__ import annotations
 

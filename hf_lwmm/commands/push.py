@@ -1,4 +1,9 @@
-"""``lwmm-hub push DIR REPO``: upload a merged folder to the Hub in one commit (also the retry of a failed push)."""
+"""Upload a merged folder to the Hub in one commit (also the retry of a failed push).
+
+examples:
+  lwmm-hub push merged me/segformer-merged
+  lwmm-hub push merged me/segformer-merged --private --collection "me/Merged segmenters"
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("push", help="push a merged folder to the Hub in one commit", description=__doc__)
-    parser.add_argument("folder", type=Path, help="a folder written by `lwmm-hub merge`")
+    parser.add_argument("folder", type=Path, help="a folder written by lwmm-hub merge")
     parser.add_argument("repo", help="Hub repo id namespace/name (created when missing)")
     add_push_options(parser)
     parser.set_defaults(run=run)

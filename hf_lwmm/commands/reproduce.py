@@ -1,6 +1,11 @@
-"""``lwmm-hub reproduce REPO_OR_DIR``: merge again from the recorded recipe and compare the weights' sha256.
+"""Merge again from the recorded recipe and compare the weights' sha256 with the published ones.
 
-Every Hub source is pulled at the commit the original merge resolved; exits 1 when the weights differ.
+Every Hub source is pulled at the commit the original merge resolved; a local folder has no commit
+to pin, so it is used as it is now. Exits 1 when the weights differ, naming the sources that changed.
+
+examples:
+  lwmm-hub reproduce me/segformer-merged
+  lwmm-hub reproduce ./merged
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
-"""``lwmm-hub sweep A B … --dataset DATA --anchor A``: mean IoU of the layer-wise merge over a grid of
-α (anchor weight in early layers) and start layers (where it begins rising to 1), against the anchor
-alone: a table, ``sweep.json`` and ``sweep.png`` (mIoU vs start layer, one line per α)."""
+"""Mean IoU of the layer-wise merge over a grid of alpha (anchor weight in early layers) and start
+layers (where it begins rising to 1), against the anchor alone: a table, sweep.json and sweep.png
+(mean IoU against the start layer, one line per alpha).
+
+example:
+  lwmm-hub sweep org/uda-a org/uda-b --anchor org/uda-a --dataset ./dusk-val --alphas 0.25,0.5 --start-layers 0,4,8
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ def parse_start_layers(text: str | None) -> list[int | str] | None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from hf_lwmm.console import note
     from hf_lwmm.evaluation.sweep import sweep_layerwise, sweep_plot, sweep_table
     from hf_lwmm.io.output import check_output_dir
 
@@ -63,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     sweep_plot(args.output_dir / "sweep.png", result)
-    print(f"results → {args.output_dir / 'sweep.json'}, {args.output_dir / 'sweep.png'}")
+    note(f"results → {args.output_dir / 'sweep.json'}, {args.output_dir / 'sweep.png'}")
     return 0

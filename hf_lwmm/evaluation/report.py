@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hf_lwmm.evaluation.runner import EvaluationReport
+    from hf_lwmm.evaluation.data import DataSource
+    from hf_lwmm.evaluation.runner import EvaluationReport, RowResult
 
 _MISSING = "—"
 
@@ -24,10 +25,26 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def dataset_name(source: DataSource, samples: int | None = None) -> str:
+    """The data as tables name it: its id (a local folder by its last two parts), split and image count."""
+    path = Path(source.id)
+    name = "/".join(path.parts[-2:]) if path.is_dir() else source.id
+    return name + (f" [{source.split}]" if source.split else "") + (f", {samples} images" if samples is not None else "")
+
+
+#: the footnote of tables that show :data:`_MISSING` for a class a row does not score
+MISSING_NOTE = (f"{_MISSING} not scored: the model does not predict this class (its classes differ from the data's; "
+                "see --label-map), or no pixel of it is in the labels or the predictions")
+
+
+def scored_classes(row: RowResult) -> frozenset[str]:
+    """The classes a row's mean IoU averages over."""
+    return frozenset(name for name, value in row.per_class_iou.items() if value is not None)
+
+
 def per_class_table(report: EvaluationReport) -> str:
     """IoU (%) per dataset class and row, then the summary figures; rows are numbered columns."""
-    source = report.source
-    legend = [f"dataset {source.id}" + (f" split {source.split}" if source.split else "") + f": {report.samples} images"]
+    legend = [f"dataset {dataset_name(report.source, report.samples)}"]
     legend += [f"  [{i}] {row.name}" for i, row in enumerate(report.rows)]
     header = ["IoU %", *(f"[{i}]" for i in range(len(report.rows)))]
     body = [[name, *(_percent(row.per_class_iou[name]) for row in report.rows)] for name in report.class_names]
@@ -35,15 +52,31 @@ def per_class_table(report: EvaluationReport) -> str:
     body.append(["mean accuracy", *(_percent(row.mean_accuracy) for row in report.rows)])
     body.append(["pixel accuracy", *(_percent(row.overall_accuracy) for row in report.rows)])
     body.append(["inference cost", *(f"{row.relative_cost}×" for row in report.rows)])
-    return "\n".join(legend) + "\n" + text_table(header, body)
+    missing = any(value is None for row in report.rows for value in row.per_class_iou.values())
+    return "\n".join([*legend, text_table(header, body), *([MISSING_NOTE] if missing else [])])
 
 
 def comparison_table(report: EvaluationReport, *, anchor: str) -> str:
-    """One line per row: mean IoU, its difference to the anchor's, and relative inference cost."""
-    reference = report.row(anchor).mean_iou
-    body = [[row.name, _percent(row.mean_iou), _MISSING if row.name == anchor else f"{100 * (row.mean_iou - reference):+.2f}",
-             f"{row.relative_cost}×"] for row in report.rows]
-    return text_table(["model", "mIoU %", "Δ vs anchor", "inference cost"], body)
+    """One line per row: mean IoU, its difference to the anchor's, and relative inference cost.
+
+    A difference only between rows that score the same classes: a mean over 9 classes is not
+    comparable with one over 11.
+    """
+    reference = report.row(anchor)
+    classes = scored_classes(reference)
+
+    def difference(row: RowResult) -> str:
+        if row.name == anchor:
+            return _MISSING
+        if scored_classes(row) != classes:
+            return "n/a"
+        return f"{100 * (row.mean_iou - reference.mean_iou):+.2f}"
+
+    body = [[row.name, _percent(row.mean_iou), difference(row), f"{row.relative_cost}×"] for row in report.rows]
+    notes = [f"mIoU % on {dataset_name(report.source, report.samples)}"]
+    if any(cells[2] == "n/a" for cells in body):
+        notes.append(f"n/a: the row scores other classes than the anchor's {len(classes)}, so their means are not comparable")
+    return "\n".join([text_table(["model", "mIoU %", "Δ vs anchor", "inference cost"], body), *notes])
 
 
 def write_json(path: Path, report: EvaluationReport, **extra: Any) -> None:
@@ -78,7 +111,7 @@ def bar_plot(path: Path, report: EvaluationReport, *, anchor: str) -> None:
         axes.annotate(f"{row.relative_cost}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("mean IoU (%)")
-    axes.set_title(f"{report.source.id}" + (f" [{report.source.split}]" if report.source.split else "") + " — cost relative to one model")
+    axes.set_title(f"{dataset_name(report.source)} — cost relative to one model")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

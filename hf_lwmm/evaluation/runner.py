@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.data import DataSource, Sample, SegmentationData
 from hf_lwmm.evaluation.labels import NO_CLASS, model_to_dataset_classes, unused_label_map_keys
@@ -201,7 +201,7 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
     covered = [_covered_mask(loaded, predictor, len(class_names), accelerator.device) for predictor in predictors]
     metrics = [MeanIoU() for _ in predictors]
     with torch.inference_mode(), _one_line_from_workers():
-        for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress or not accelerator.is_local_main_process):
+        for batch in progress_bar(loader, desc="evaluating", unit="batch", enabled=progress and accelerator.is_local_main_process):
             for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
                 reference = batch["labels"] if covered[index] is None else torch.where(covered[index][batch["labels"].long().clamp(min=0)], batch["labels"], VOID)
                 predicted, reference = _gathered(accelerator, predicted.to(torch.int16), reference)

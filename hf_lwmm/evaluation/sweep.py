@@ -14,14 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
-from hf_lwmm.evaluation.report import text_table
+from hf_lwmm.evaluation.report import dataset_name, text_table
 from hf_lwmm.recipe import MergeRecipe
 
 if TYPE_CHECKING:  # the runner pulls in transformers and evaluate: only when a sweep runs, not for `lwmm-hub --help`
-    from hf_lwmm.evaluation.data import SegmentationData
+    from hf_lwmm.evaluation.data import DataSource, SegmentationData
     from hf_lwmm.evaluation.runner import RowResult
 
 DEFAULT_MODELS_PER_PASS = 8
@@ -52,6 +51,9 @@ class SweepResult:
     alphas: list[float]
     start_layers: list[int]
     points: list[SweepPoint] = field(default_factory=list)
+    #: the data every point was evaluated on, and how many images
+    source: DataSource | None = None
+    samples: int | None = None
 
     def best(self) -> SweepPoint:
         """Highest mean IoU; ties go to the first grid point (α-major order)."""
@@ -62,7 +64,8 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best()
-        return {"anchor": self.anchor, "anchor_result": asdict(self.anchor_result), "layers": self.layers,
+        return {"anchor": self.anchor, "dataset": asdict(self.source) if self.source else None, "samples": self.samples,
+                "anchor_result": asdict(self.anchor_result), "layers": self.layers,
                 "alphas": self.alphas, "start_layers": self.start_layers,
                 "best": {"alpha": best.alpha, "start_layer": best.start_layer, "start_layer_name": best.start_layer_name,
                          "mean_iou": best.result.mean_iou},
@@ -120,7 +123,7 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
     anchor_entry = [(f"anchor {anchor}", resolve(anchor).folder)]
     anchor_result: RowResult | None = None
     points: list[SweepPoint] = []
-    with tqdm(total=len(grid), desc="sweep", unit="merge", disable=not progress) as bar:
+    with progress_bar(total=len(grid), desc="sweep", unit="merge", enabled=progress) as bar:
         for first in range(0, len(grid), models_per_pass):
             chunk = list(zip(grid[first: first + models_per_pass], recipes[first: first + models_per_pass]))
             with tempfile.TemporaryDirectory(prefix="lwmm-sweep-") as scratch:
@@ -134,12 +137,13 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
                 anchor_result, rows = rows[0], rows[1:]
             points += [SweepPoint(alpha, start, layers[start], row) for ((alpha, start), _), row in zip(chunk, rows)]
     assert anchor_result is not None
-    return SweepResult(anchor, anchor_result, layers, alphas, starts, points)
+    return SweepResult(anchor, anchor_result, layers, alphas, starts, points, source=data.source, samples=len(data))
 
 
 def sweep_table(result: SweepResult) -> str:
     """mIoU (%) with start layers as rows and α as columns; the best point starred, the anchor below."""
     best = result.best()
+    data = f" on {dataset_name(result.source, result.samples)}" if result.source else ""
     header = ["start layer", *(f"α={alpha:.3g}" for alpha in result.alphas)]
     rows = []
     for start in result.start_layers:
@@ -148,7 +152,7 @@ def sweep_table(result: SweepResult) -> str:
             point = result.point(alpha, start)
             cells.append(f"{100 * point.result.mean_iou:.2f}" + ("*" if point is best else ""))
         rows.append(cells)
-    return "\n".join([text_table(header, rows), f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
+    return "\n".join([f"mIoU %{data} of the layer-wise merge, by start layer (rows) and α (columns)", text_table(header, rows), f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
                       f"best (*): α={best.alpha:.3g}, start layer {best.start_layer} ({best.start_layer_name})"])
 
 
@@ -167,7 +171,8 @@ def sweep_plot(path: Path, result: SweepResult, *, title: str | None = None) -> 
     axes.set_xticks(result.start_layers, [f"{start}\n{result.layers[start]}" for start in result.start_layers], fontsize=7)
     axes.set_xlabel("start layer")
     axes.set_ylabel("mean IoU (%)")
-    axes.set_title(title or f"layer-wise merge sweep, anchor {Path(result.anchor).name}", fontsize=9)
+    data = f" on {dataset_name(result.source)}" if result.source else ""
+    axes.set_title(title or f"layer-wise merge sweep{data}, anchor {Path(result.anchor).name}", fontsize=9)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -7,6 +7,7 @@ models through maps grows peak RSS with M. A fresh buffer is also safe to modify
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -270,3 +271,20 @@ def _load_pickle(label: str, folder: Path, file: Path) -> TensorSource:
             raise LwmmError(f"model {label}: cannot load {part.name} with weights_only=True ({err.__class__.__name__})") from None
         tensors.update({name: value for name, value in state.items() if isinstance(value, torch.Tensor)})
     return StateDictSource(label, tensors)
+
+
+#: files that hold a model folder's weights (what open_weights may read)
+WEIGHTS_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(folder: Path) -> dict[str, str]:
+    """sha256 of each weights file of a model folder, by file name."""
+    return {path.name: sha256_of(path) for pattern in WEIGHTS_PATTERNS for path in sorted(Path(folder).glob(pattern))}

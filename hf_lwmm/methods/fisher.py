@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
+from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.methods.base import MergeMethod, register_method
 from hf_lwmm.methods.functional import fisher_weighted_average
@@ -67,7 +67,7 @@ def model_fisher(model: "ResolvedModel", data: "SegmentationData", *, device: to
     except (OSError, ValueError, KeyError) as err:
         raise LwmmError(f"model {model.ref}: cannot be loaded to estimate its Fisher ({str(err).splitlines()[0]})") from None
     images = (processor(images=[data.samples[index].image], return_tensors="pt")["pixel_values"].to(device)
-              for index in tqdm(range(len(data)), desc=f"fisher {model.ref}", unit="image", disable=not progress))
+              for index in progress_bar(range(len(data)), desc=f"fisher {model.ref}", unit="image", enabled=progress))
     fisher = diagonal_fisher(network, images)
     # transformers 5 renames tensors in memory; the merge works on the names in the files
     return {name: tensor.cpu() for name, tensor in revert_weight_conversion(network, fisher).items()}
