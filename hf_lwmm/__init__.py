@@ -1,4 +1,18 @@
-"""hf_lwmm: layer-wise merging of SegFormer-style segmentation models, integrated with the Hugging Face Hub."""
+"""hf_lwmm: layer-wise merging of SegFormer-style segmentation models, integrated with the Hugging Face Hub.
+
+The stable API::
+
+    from hf_lwmm import MergeRecipe, RunOptions, plan_merge, execute, merge
+
+    recipe = MergeRecipe(models=["org/a", "org/b"], method="layerwise", parameters={"alpha": 0.5})
+    plan = plan_merge(recipe, RunOptions(device="cpu"))   # resolves, aligns, checks: no weight bytes read
+    result = execute(plan, "merged")                       # streams the weights, writes card and recipe
+    # or in one step: merge(recipe, "merged", RunOptions(...))
+
+Pipeline layers, lowest first (no module imports one above it): errors, schedules, layers, system,
+plotting → refs, io → align → methods → recipe → plan → result → card → merge → evaluation, diff,
+hub, demo → commands, cli.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -7,8 +21,11 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-from hf_lwmm.errors import LwmmError
-from hf_lwmm.recipe import MergeRecipe
-from hf_lwmm.merge import MergeResult, merge
+from hf_lwmm.errors import LwmmError, RecipeError, RunOptionError
+from hf_lwmm.merge import execute, merge
+from hf_lwmm.plan import MergePlan, plan_merge
+from hf_lwmm.recipe import MergeRecipe, RunOptions, load_recipe
+from hf_lwmm.result import MergeResult
 
-__all__ = ["LwmmError", "MergeRecipe", "MergeResult", "merge", "__version__"]
+__all__ = ["LwmmError", "MergePlan", "MergeRecipe", "MergeResult", "RecipeError", "RunOptionError", "RunOptions",
+           "execute", "load_recipe", "merge", "plan_merge", "__version__"]

@@ -2,6 +2,10 @@
 
 Each name loses its model prefix (``segformer.``, ``glpn.``, none for a bare ``SegformerModel``), so
 the Mix-Transformer encoder of a semantic model meets the encoder of a depth model or a bare backbone.
+Models of unrelated architectures are refused first (:func:`check_architectures`): their tensor names
+may coincide (``encoder.layer.0…`` in BERT and ViT) without meaning the same thing.
+
+Layering: reads only tensor headers (:mod:`hf_lwmm.io.reader`); the planner builds on it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from hf_lwmm.io.reader import TensorInfo, TensorSource
 
 #: Base-model prefixes of encoders in the MiT family, stripped before matching.
 KNOWN_MODEL_PREFIXES = ("segformer", "glpn")
+#: model types that share one backbone and may merge with each other (besides models of one type)
+BACKBONE_FAMILIES: tuple[frozenset[str], ...] = (frozenset(KNOWN_MODEL_PREFIXES),)
 ENCODER_PREFIX = "encoder."
 _ENCODER_BLOCK = re.compile(r"^encoder\.block\.(\d+)\.(\d+)\.")
 
@@ -64,6 +70,19 @@ class Alignment:
 
     def only_in(self, index: int) -> list[str]:
         return [key for key, tensor in self.tensors.items() if list(tensor.names) == [index]]
+
+
+def check_architectures(labels: list[str], model_types: list[str | None]) -> None:
+    """Model types must match or belong to one backbone family; a model without ``model_type`` is not judged."""
+    known = [(label, model_type) for label, model_type in zip(labels, model_types) if model_type]
+    for label, model_type in known[1:]:
+        first_label, first_type = known[0]
+        related = model_type == first_type or any({model_type, first_type} <= family for family in BACKBONE_FAMILIES)
+        if not related:
+            families = "; ".join(", ".join(sorted(family)) for family in BACKBONE_FAMILIES)
+            raise IncompatibleModelsError(
+                f"models {first_label} ({first_type}) and {label} ({model_type}) have unrelated architectures: "
+                f"model types must match or belong to one backbone family ({families})")
 
 
 def align(sources: list[TensorSource], model_types: list[str | None], *, anchor: int, same_depths: bool = True) -> Alignment:
@@ -132,7 +151,7 @@ def alignment_report(alignment: Alignment) -> str:
     for tensor in alignment.tensors.values():
         by_layer[layer_of(tensor.key)].append(tensor)
     labels = alignment.labels
-    lines = [f"models: " + ", ".join(f"[{i}] {label}" + (" (anchor)" if i == alignment.anchor else "") for i, label in enumerate(labels))]
+    lines = ["models: " + ", ".join(f"[{i}] {label}" + (" (anchor)" if i == alignment.anchor else "") for i, label in enumerate(labels))]
     counts = alignment_counts(alignment)
     lines.append("tensors: " + ", ".join(f"{count} {status}" for status, count in counts.items()))
     lines += _depth_report(alignment)

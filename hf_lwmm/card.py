@@ -2,7 +2,10 @@
 
 The card is rendered with huggingface_hub's ``ModelCard.from_template`` from ``model_cards/lwmm_merge.md``
 and records everything needed to reproduce the merge: sources at resolved revisions, per-layer weights,
-the recipe, the weights' sha256 and the exact command.
+the recipe, the weights' sha256 and the command that replays the recipe. The method's description,
+formula (layer-wise only), parameters and citation come from the method's own declaration.
+
+Layering: reads a :class:`~hf_lwmm.result.MergeResult`; the executor calls it, it never imports the executor.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hf_lwmm.align import TensorStatus, alignment_counts
-from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe
+from hf_lwmm.methods import METHODS
+from hf_lwmm.plotting import new_figure
+from hf_lwmm.recipe import RECIPE_FORMAT, RECIPE_NAME
+from hf_lwmm.result import MergeResult
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
-
-    from hf_lwmm.merge import MergeResult
 
 PLOT_NAME = "lwmm_weights.png"
 CARD_NAME = "README.md"
@@ -28,7 +32,7 @@ TEMPLATE_NAME = "lwmm_merge.md"
 _MAX_ALIGNMENT_LINES = 20
 
 
-def source_records(result: "MergeResult") -> list[dict[str, Any]]:
+def source_records(result: MergeResult) -> list[dict[str, Any]]:
     """One record per source: reference as given, resolved commit, role, label count, model type, weights' sha256."""
     from hf_lwmm.io import weights_sha256
 
@@ -45,47 +49,38 @@ def source_records(result: "MergeResult") -> list[dict[str, Any]]:
     ]
 
 
-def recipe_document(result: "MergeResult") -> dict[str, Any]:
+def recipe_document(result: MergeResult) -> dict[str, Any]:
     """Content of ``lwmm_recipe.yaml``: the recipe, the resolved sources and the output hashes."""
     from hf_lwmm import __version__
 
     return {
         "lwmm_version": __version__,
+        "recipe_format": RECIPE_FORMAT,
         "recipe": result.recipe.to_dict(),
         "sources": source_records(result),
         "weights_sha256": dict(result.sha256),
     }
 
 
-def reproduce_command(recipe: MergeRecipe, result: "MergeResult") -> str:
-    """A complete ``lwmm-hub merge`` command, with Hub sources pinned at their resolved commits."""
-    pinned = [str(model.ref.pinned(model.commit)) for model in result.models]
-    words = ["lwmm-hub", "merge", *pinned, "--anchor", pinned[result.anchor], "--method", recipe.method]
-    if recipe.method == "layerwise":
-        words += ["--alpha", repr(recipe.effective_alpha), "--start-layer", str(result.method_parameters["start_layer"]),
-                  "--schedule", recipe.schedule]
-    if recipe.weights is not None:
-        words += ["--weights", ",".join(repr(w) for w in recipe.weights)]
-    words += ["--bn-stats", recipe.bn_stats]
-    if recipe.dtype:
-        words += ["--dtype", recipe.dtype]
-    if recipe.max_shard_size != MergeRecipe.max_shard_size:
-        words += ["--max-shard-size", recipe.max_shard_size]
-    if recipe.allow_pickle:
-        words.append("--allow-pickle")
-    return shlex.join([*words, "--output", result.output_dir.name])
+def reproduce_command(result: MergeResult) -> str:
+    """The command that replays the recorded recipe (any method; Hub sources pinned at their resolved commits)."""
+    return shlex.join(["lwmm-hub", "merge", "--recipe", RECIPE_NAME, "--output", result.output_dir.name])
 
 
-def plot_layer_weights(result: "MergeResult", path: Path) -> None:
-    """Each model's weight per shared layer, the anchor highlighted.
+def method_description(result: MergeResult) -> dict[str, Any]:
+    """What the card says about the method, generated from its declaration: summary, formula, parameters, citation."""
+    method = METHODS[result.recipe.method]
+    fields = method.Parameters.model_fields
+    meaning = {**{name: field.description or "" for name, field in fields.items()}, **method.derived}
+    parameters = [{"name": name, "value": value, "description": meaning.get(name, "")}
+                  for name, value in result.method_parameters.items() if value is not None]
+    return {"summary": method.summary, "formula": method.formula, "citation": method.citation, "parameters": parameters}
 
-    Uses matplotlib's object API (no pyplot), so it can run in a worker thread while tensors are merged.
-    """
-    from matplotlib.figure import Figure
 
+def plot_layer_weights(result: MergeResult, path: Path) -> None:
+    """Each model's weight per shared layer, the anchor highlighted."""
     layers = result.layer_weights
-    figure = Figure(figsize=(max(6.0, len(layers) * 0.12), 3.2), dpi=120)
-    axis = figure.subplots()
+    figure, axis = new_figure(max(6.0, len(layers) * 0.12), 3.2)
     for index, label in enumerate(result.alignment.labels):
         is_anchor = index == result.anchor
         axis.plot([row.index for row in layers], [row.weights[index] for row in layers],
@@ -100,10 +95,10 @@ def plot_layer_weights(result: "MergeResult", path: Path) -> None:
     axis.set_title(f"{result.recipe.method} merge: weight per layer")
     axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, dpi=120)
 
 
-def _alignment_details(result: "MergeResult") -> dict[str, Any]:
+def _alignment_details(result: MergeResult) -> dict[str, Any]:
     counts = alignment_counts(result.alignment)
     labels = result.alignment.labels
     details = []
@@ -116,7 +111,8 @@ def _alignment_details(result: "MergeResult") -> dict[str, Any]:
             fate = "anchor's" if result.anchor in tensor.names else "dropped"
             details.append(f"`{tensor.key}`: only in {owners} → {fate}")
     if len(details) > _MAX_ALIGNMENT_LINES:
-        details = details[:_MAX_ALIGNMENT_LINES] + [f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"]
+        more = f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"
+        details = details[:_MAX_ALIGNMENT_LINES] + [more]
     return {
         "shared": counts[TensorStatus.SHARED.value],
         "mismatched": counts[TensorStatus.SHAPE_MISMATCH.value],
@@ -125,12 +121,11 @@ def _alignment_details(result: "MergeResult") -> dict[str, Any]:
     }
 
 
-def build_card(result: "MergeResult") -> "ModelCard":
+def build_card(result: MergeResult) -> ModelCard:
     """Render the card; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from hf_lwmm import __version__
-    from hf_lwmm.methods import METHODS
 
     sources = source_records(result)
     hub_ids = list(dict.fromkeys(model.ref.repo_id for model in result.models if not model.ref.is_local))
@@ -155,8 +150,7 @@ def build_card(result: "MergeResult") -> "ModelCard":
         repo_hint=result.hub_repo or result.output_dir.name,
         tool_version=__version__,
         method=result.recipe.method,
-        method_summary=METHODS[result.recipe.method].summary,
-        parameters=result.method_parameters,
+        description=method_description(result),
         bn_stats=result.recipe.bn_stats,
         sources=sources,
         num_layers=len(result.layer_weights),
@@ -167,11 +161,12 @@ def build_card(result: "MergeResult") -> "ModelCard":
         eval_results=result.eval_results,
         recipe_yaml=recipe_yaml,
         sha256=result.sha256,
-        command=reproduce_command(result.recipe, result),
+        command=reproduce_command(result),
     )
 
 
-def write_card_files(result: "MergeResult", folder: Path) -> None:
-    """Write ``lwmm_recipe.yaml`` and ``README.md`` into ``folder`` (the plot is drawn during the merge)."""
+def write_card_files(result: MergeResult, folder: Path) -> None:
+    """Write ``lwmm_recipe.yaml``, the weight plot and ``README.md`` into ``folder``."""
     (folder / RECIPE_NAME).write_text(yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True))
+    plot_layer_weights(result, folder / PLOT_NAME)
     build_card(result).save(folder / CARD_NAME)

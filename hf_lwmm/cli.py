@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except LwmmError as err:
-        print(f"lwmm-hub {args.command}: error: {err}", file=sys.stderr)
+        from hf_lwmm.commands import as_flag_error
+
+        print(f"lwmm-hub {args.command}: error: {as_flag_error(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lwmm-hub {args.command}: interrupted", file=sys.stderr)

@@ -123,7 +123,7 @@ def _set_library_warnings(*, silent: bool) -> None:
         warnings.filterwarnings("ignore", module=WARNING_MODULES)
     elif not silent and ours:
         for item in ours:
-            warnings.filters.remove(item)
+            warnings.filters.remove(item)  # type: ignore[attr-defined]  # a list at run time (typeshed: Sequence)
         # through the public call, so that warnings remembered as ignored are shown again (a last-place "default" changes nothing else)
         warnings.filterwarnings("default", module=WARNING_MODULES, append=True)
 

@@ -18,7 +18,7 @@ from hf_lwmm.errors import LwmmError
 from hf_lwmm.io.output import check_output_folder
 from hf_lwmm.merge import MergeResult, merge
 from hf_lwmm.methods import METHODS
-from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.recipe import MergeRecipe, RunOptions
 
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist")
 COARSE_CLASSES = ("sky", "building", "object", "road", "pavement", "tree", "car", "pedestrian", "bicyclist")
@@ -62,12 +62,12 @@ def build_sources(folder: Path, *, image_size: int = 64) -> list[Path]:
 
 def prediction_agreement(model_dir: Path, anchor_dir: Path, *, image_size: int = 64) -> float:
     """Fraction of pixels where the merged model predicts the anchor's class on a fixed random image."""
-    from transformers import AutoModelForSemanticSegmentation
+    from hf_lwmm.loading import load_segmentation_model
 
     pixels = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        merged = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()(pixel_values=pixels).logits.argmax(1)
-        anchor = AutoModelForSemanticSegmentation.from_pretrained(anchor_dir).eval()(pixel_values=pixels).logits.argmax(1)
+        merged = load_segmentation_model(model_dir, label=str(model_dir))[0](pixel_values=pixels).logits.argmax(1)
+        anchor = load_segmentation_model(anchor_dir, label=str(anchor_dir))[0](pixel_values=pixels).logits.argmax(1)
     return float((merged == anchor).float().mean())
 
 
@@ -87,19 +87,19 @@ def run_demo(output: Path, *, overwrite: bool = False, methods: Sequence[str] | 
         bar.update()
         models = [str(path) for path in sources]
         for method in methods:
-            recipe = MergeRecipe(models=models, anchor=models[0], method=method, **demo_options(method, len(models), output))
-            result = merge(recipe, output / f"merged-{method}", progress=False)
+            recipe = MergeRecipe(models=models, anchor=models[0], method=method, parameters=demo_parameters(method, len(models), output))
+            result = merge(recipe, output / f"merged-{method}", RunOptions(progress=False))
             rows.append(DemoRow(method, result, prediction_agreement(result.output_dir, sources[0])))
             bar.update()
     return rows
 
 
-def demo_options(method: str, count: int, output: Path) -> dict[str, object]:
-    """Recipe options a method needs beyond the defaults."""
+def demo_parameters(method: str, count: int, output: Path) -> dict[str, object]:
+    """Parameters a method needs beyond its defaults."""
     if method == "linear":
         return {"weights": [0.4] + [0.6 / (count - 1)] * (count - 1)}
     if method == "fisher":
-        return {"method_options": {"fisher_data": str(write_unlabelled_images(output / "fisher-images")), "fisher_samples": 4}}
+        return {"fisher_data": str(write_unlabelled_images(output / "fisher-images")), "fisher_samples": 4}
     return {}
 
 

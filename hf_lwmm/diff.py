@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from hf_lwmm.align import align
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
-from hf_lwmm.io import TensorSource
-from hf_lwmm.layers import layer_of, order_layers
+from hf_lwmm.layers import layer_of
+from hf_lwmm.plan import MergePlan
+from hf_lwmm.plotting import new_figure
 
 DEFAULT_TAUS = (0.1,)
 DEFAULT_EPSILON = 1e-8
@@ -93,28 +93,30 @@ def is_compared(key: str, dtype: torch.dtype) -> bool:
     return dtype.is_floating_point and not key.endswith(_BUFFER_SUFFIXES)
 
 
-def model_discrepancy(a: TensorSource, b: TensorSource, *, model_types: tuple[str | None, str | None] = (None, None),
-                      taus: Sequence[float] = DEFAULT_TAUS, epsilon: float = DEFAULT_EPSILON,
+def model_discrepancy(plan: MergePlan, *, taus: Sequence[float] = DEFAULT_TAUS, epsilon: float = DEFAULT_EPSILON,
                       progress: bool = True) -> Discrepancy:
-    """Stream the tensors the two models share (aligned by file name), one pair at a time."""
+    """Stream the tensors the plan's two models share (aligned by file name), one pair at a time; model A is the anchor."""
     taus = tuple(float(tau) for tau in taus)
     if not taus or any(tau < 0 for tau in taus):
         raise LwmmError(f"--tau {', '.join(map(str, taus)) or '(none)'}: give one or more thresholds ≥ 0")
     if epsilon <= 0:
         raise LwmmError(f"--epsilon {epsilon}: must be positive")
-    alignment = align([a, b], list(model_types), anchor=0)
+    if len(plan.sources) != 2:
+        raise LwmmError(f"diff compares two models, got {len(plan.sources)}")
+    alignment, first = plan.alignment, plan.anchor
+    a, b = plan.sources[first], plan.sources[1 - first]
     keys = [key for key in alignment.shared
-            if is_compared(key, a.infos[alignment.tensors[key].names[0]].dtype)]
+            if is_compared(key, a.infos[alignment.tensors[key].names[first]].dtype)]
     counts: dict[str, list[int]] = {}
     for key in progress_bar(keys, desc="comparing", unit="tensor", enabled=progress):
         names = alignment.tensors[key].names
-        tensor_a, tensor_b = a.get(names[0]), b.get(names[1])
+        tensor_a, tensor_b = a.get(names[first]), b.get(names[1 - first])
         totals = counts.setdefault(layer_of(key), [0] * (len(taus) + 1))
         totals[0] += tensor_a.numel()
         for index, count in enumerate(exceeding_counts(tensor_a, tensor_b, taus, epsilon=epsilon), start=1):
             totals[index] += count
     result = Discrepancy((a.label, b.label), taus, epsilon)
-    for layer in order_layers(keys):
+    for layer in (layer for layer in plan.layers if layer in counts):
         parameters, *exceeding = counts[layer]
         result.layers.append(LayerDiscrepancy(layer, parameters, tuple(exceeding)))
     return result
@@ -135,13 +137,8 @@ def discrepancy_plot(path: Path, lines: Mapping[str, Mapping[str, float]], *, ti
 
     A line without a value for a layer (e.g. a head that one pair does not share) has a gap there.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = list(dict.fromkeys(layer for values in lines.values() for layer in values))
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(layers)) + 3.0, 4.0))
+    figure, axes = new_figure(max(6.0, 0.35 * len(layers)) + 3.0, 4.0)
     for label, values in lines.items():
         axes.plot(range(len(layers)), [values.get(layer, float("nan")) for layer in layers], marker="o", markersize=3, label=label)
     axes.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
@@ -152,4 +149,3 @@ def discrepancy_plot(path: Path, lines: Mapping[str, Mapping[str, float]], *, ti
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

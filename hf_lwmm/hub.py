@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from hf_lwmm.card import CARD_NAME
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import sha256_of, weights_sha256
-from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe
+from hf_lwmm.recipe import RECIPE_NAME, RunOptions, pinned_source, read_recipe_document, recipe_of_document
 from hf_lwmm.refs import CONFIG_NAME, ModelRef, is_repo_id
 
 #: What a push uploads from a merged folder: weights, configs, card, recipe and plot — nothing else.
@@ -102,26 +101,6 @@ def files_to_push(folder: Path) -> list[str]:
     return names
 
 
-def read_recipe_document(path: Path) -> dict[str, Any]:
-    """``lwmm_recipe.yaml`` as written by a merge: ``recipe``, ``sources`` and ``weights_sha256``."""
-    try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise LwmmError(f"{path}: unreadable recipe ({err.__class__.__name__})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("recipe"), dict) or not isinstance(document.get("sources"), list):
-        raise LwmmError(f"{path}: not a merge recipe written by lwmm-hub (needs 'recipe' and 'sources')")
-    return document
-
-
-def pinned_source(record: dict[str, Any], *, short: bool = False) -> str:
-    """A recorded source as a reference pinned at its resolved commit (local folders stay as recorded)."""
-    commit = record.get("commit")
-    if not commit:
-        return str(record["ref"])
-    ref = ModelRef.parse(str(record["ref"]))
-    return str(ModelRef(repo_id=ref.repo_id, revision=commit[:10] if short else commit, subfolder=ref.subfolder))
-
-
 def collection_note(document: dict[str, Any]) -> str:
     """The note of a collection item: method and sources (each at its resolved commit, anchor marked)."""
     sources = [pinned_source(record, short=True) + (" (anchor)" if record.get("role") == "anchor" else "")
@@ -198,7 +177,7 @@ def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions()
     folder = Path(folder)
     check_repo_id(repo_id)
     names = files_to_push(folder)
-    document = read_recipe_document(folder / RECIPE_NAME)
+    document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
     verify_weights(folder, names, document)
     api = HfApi(token=require_token(token))
     retry = options.retry_command(folder, repo_id)
@@ -348,29 +327,16 @@ class Reproduction:
         return "\n".join([*header, self.table(), *verdict])
 
 
-def pinned_recipe(document: dict[str, Any], *, source: str) -> MergeRecipe:
-    """The recorded recipe with every Hub source pinned at the commit the merge resolved."""
-    recipe = MergeRecipe.from_dict(dict(document["recipe"]), source=source)
-    records = document["sources"]
-    if len(records) != len(recipe.models):
-        raise LwmmError(f"{source}: {len(records)} sources recorded for {len(recipe.models)} models")
-    anchor = recipe.anchor_index
-    pinned = [pinned_source(record) for record in records]
-    recipe.models = pinned
-    recipe.anchor = None if recipe.anchor is None else pinned[anchor]
-    return recipe
-
-
 def reproduce(target: str, *, token: str | bool | None = None, progress: bool = True) -> Reproduction:
     """Merge again from the recipe of a merged repo (``org/name[@revision][:subfolder]``) or folder and compare."""
     from hf_lwmm.merge import merge
 
     folder = fetch_merged(target, token=token)
-    document = read_recipe_document(folder / RECIPE_NAME)
-    recipe = pinned_recipe(document, source=f"{target}: {RECIPE_NAME}")
+    document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
+    recipe = recipe_of_document(document, source=f"{target}: {RECIPE_NAME}")
     published = {path.name: sha256_of(path) for path in sorted(folder.glob("*.safetensors"))}
     with tempfile.TemporaryDirectory(prefix="lwmm-reproduce-") as scratch:
-        result = merge(recipe, Path(scratch) / "merged", token=token, progress=progress)
+        result = merge(recipe, Path(scratch) / "merged", RunOptions(token=token, progress=progress))
     checks = [SourceCheck(str(record["ref"]), record.get("commit"), record.get("weights_sha256"), weights_sha256(model.folder))
               for record, model in zip(document["sources"], result.models)]
     return Reproduction(target, checks, published, dict(result.sha256))
@@ -384,6 +350,7 @@ def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
         if not (ref.path / RECIPE_NAME).is_file():
             raise LwmmError(f"{target}: no {RECIPE_NAME} (not a folder written by lwmm-hub merge)")
         return ref.path
+    assert ref.repo_id is not None
     prefix = f"{ref.subfolder}/" if ref.subfolder else ""
     try:
         snapshot = Path(snapshot_download(ref.repo_id, revision=ref.revision, token=token,

@@ -1,80 +1,137 @@
-"""Per-layer model weights: the layer-wise schedule and its registry.
+"""Plan a merge: everything decided before any weight byte is read.
 
-Over the L shared layers (0-based ``l``), the anchor's weight is ``α`` before the start layer ``s`` and
-then rises linearly towards 1: ``λa(l) = α + (1 − α)·(l − s)/(L − s)``; the other M − 1 models share
-``1 − λa(l)`` equally. Early layers, which stay close to the common pretraining, are averaged; deep
-layers, which carry each model's adaptation, follow the anchor.
+:func:`plan_merge` resolves every reference, opens the weight headers, checks the architectures,
+aligns the tensors, orders the shared layers, asks the method for its per-layer weights, and decides
+for every output tensor where it comes from, its output dtype and its shard. The executor
+(:mod:`hf_lwmm.merge`) then streams the plan; ``align``, ``diff``, ``sweep`` and the experiments read
+plans without executing them.
+
+Layering: builds on the recipe, references, weight headers, alignment and methods; imported by the
+executor, the card and the commands, never the reverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
-from hf_lwmm.errors import LwmmError
+import torch
 
-Schedule = Callable[[int, int, float, int], float]
-SCHEDULES: dict[str, Schedule] = {}
+from hf_lwmm.align import Alignment, TensorStatus, align, check_architectures
+from hf_lwmm.io import TensorInfo, TensorSource, open_weights
+from hf_lwmm.io.writer import shard_layout
+from hf_lwmm.layers import layer_of, order_layers
+from hf_lwmm.methods import METHODS, MergeMethod
+from hf_lwmm.recipe import MergeRecipe, RunOptions
+from hf_lwmm.refs import ResolvedModel, resolve
+from hf_lwmm.schedules import LayerWeights
 
-
-def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
-    def decorate(function: Schedule) -> Schedule:
-        SCHEDULES[name] = function
-        return function
-
-    return decorate
-
-
-@register_schedule("linear")
-def linear_schedule(layer: int, num_layers: int, alpha: float, start: int) -> float:
-    """Anchor weight ``α`` until ``start``, then a straight line towards 1 at layer ``L``."""
-    if layer < start:
-        return alpha
-    return alpha + (1.0 - alpha) * (layer - start) / (num_layers - start)
+RUNNING_MEAN = ".running_mean"
+RUNNING_VAR = ".running_var"
 
 
-def default_start_layer(num_layers: int) -> int:
-    """Half-way down the shared layers: for MiT encoders this falls inside the deep third stage."""
-    return num_layers // 2
+class Rule(str, Enum):
+    """Where an output tensor comes from."""
 
-
-def resolve_start_layer(start: int | str | None, layers: list[str]) -> int:
-    """Accept a layer index or a layer name (e.g. ``block.2.0``) and check it is in range."""
-    if start is None:
-        return default_start_layer(len(layers))
-    if isinstance(start, str) and not start.lstrip("-").isdigit():
-        if start not in layers:
-            raise LwmmError(f"--start-layer {start!r}: no shared layer of that name (e.g. {layers[0]!r} … {layers[-1]!r})")
-        return layers.index(start)
-    index = int(start)
-    if not 0 <= index < len(layers):
-        raise LwmmError(f"--start-layer {index}: out of range, there are {len(layers)} shared layers (0 … {len(layers) - 1})")
-    return index
+    #: the anchor's copy (not shared, not floating, or BN statistics under ``bn_stats: anchor``)
+    ANCHOR = "anchor"
+    #: the method's ``merge_tensor`` over every model's copy
+    METHOD = "method"
+    #: the weighted average (BN running statistics under ``bn_stats: linear``, and every running mean)
+    AVERAGE = "average"
+    #: the variance of the Gaussian mixture (BN running variance under ``bn_stats: gaussian``)
+    GAUSSIAN_VARIANCE = "gaussian-variance"
 
 
 @dataclass(frozen=True)
-class LayerWeights:
-    """The weight of every model in one layer."""
+class TensorPlan:
+    """One output tensor: its canonical key and layer, its rule, its weights and its output name/dtype/shape."""
 
+    key: str
     layer: str
-    index: int
-    weights: tuple[float, ...]
+    rule: Rule
+    output: TensorInfo
+    #: file name of this tensor in each model (index → name); only the anchor's for :attr:`Rule.ANCHOR`
+    names: dict[int, str]
+    #: one weight per model (``None`` for :attr:`Rule.ANCHOR`)
+    weights: tuple[float, ...] | None = None
+    #: for :attr:`Rule.GAUSSIAN_VARIANCE`: the running means' file names (index → name)
+    mean_names: dict[int, str] | None = None
 
 
-def layerwise_weights(layers: list[str], *, num_models: int, anchor: int, alpha: float, start: int, schedule: str = "linear") -> list[LayerWeights]:
-    """Weights of each model for each shared layer under a schedule."""
-    if schedule not in SCHEDULES:
-        raise LwmmError(f"--schedule {schedule!r}: unknown (choose from {', '.join(SCHEDULES)})")
-    rule = SCHEDULES[schedule]
-    plan = []
-    for index, layer in enumerate(layers):
-        anchor_weight = rule(index, len(layers), alpha, start)
-        other = (1.0 - anchor_weight) / (num_models - 1)
-        weights = tuple(anchor_weight if i == anchor else other for i in range(num_models))
-        plan.append(LayerWeights(layer, index, weights))
-    return plan
+@dataclass
+class MergePlan:
+    """A merge with every decision made and no weight byte read: what :func:`~hf_lwmm.merge.execute` streams."""
+
+    recipe: MergeRecipe
+    models: list[ResolvedModel]
+    sources: list[TensorSource]
+    alignment: Alignment
+    #: the shared layers, shallowest first (what start-layer indices count)
+    layers: list[str]
+    layer_weights: list[LayerWeights]
+    method: MergeMethod
+    #: the method's parameters as applied (defaults resolved), for the card
+    method_parameters: dict[str, object]
+    #: output tensors in the anchor's file order
+    tensors: list[TensorPlan]
+    #: output files and the tensors each holds
+    shards: list[tuple[str, list[TensorInfo]]]
+
+    @property
+    def anchor(self) -> int:
+        return self.alignment.anchor
+
+    @property
+    def labels(self) -> list[str]:
+        return self.alignment.labels
+
+    @property
+    def merged_tensors(self) -> int:
+        return sum(tensor.rule is not Rule.ANCHOR for tensor in self.tensors)
+
+    @property
+    def anchor_tensors(self) -> int:
+        return sum(tensor.rule is Rule.ANCHOR for tensor in self.tensors)
 
 
-def constant_weights(layers: list[str], weights: list[float]) -> list[LayerWeights]:
-    """The same model weights in every layer (isotropic and linear merging)."""
-    return [LayerWeights(layer, index, tuple(weights)) for index, layer in enumerate(layers)]
+def plan_merge(recipe: MergeRecipe, options: RunOptions | None = None, *, same_depths: bool = True) -> MergePlan:
+    """Resolve, open headers, check architectures, align and decide every output tensor (no weight bytes read).
+
+    ``same_depths=False`` also plans models whose encoders differ in depth, on what they still share: a plan
+    to report on (``lwmm-hub align``), not one to execute.
+    """
+    options = options or RunOptions()
+    anchor = recipe.anchor_index
+    models = [resolve(ref, token=options.token) for ref in recipe.refs]
+    labels = [str(model.ref) for model in models]
+    check_architectures(labels, [model.model_type for model in models])
+    sources = [open_weights(model.folder, label=label, allow_pickle=options.allow_pickle and model.ref.is_local)
+               for model, label in zip(models, labels)]
+    alignment = align(sources, [model.model_type for model in models], anchor=anchor, same_depths=same_depths)
+    layers = order_layers(alignment.shared)
+    method = METHODS[recipe.method](recipe.parameters, num_models=len(models), anchor=anchor)
+    layer_weights = method.layer_weights(layers)
+    weights_of_layer = {entry.layer: entry.weights for entry in layer_weights}
+    tensors = [_tensor_plan(key, alignment, sources[anchor], weights_of_layer, recipe) for key in alignment.anchor_keys()]
+    shards = shard_layout([tensor.output for tensor in tensors], recipe.max_shard_bytes)
+    return MergePlan(recipe, models, sources, alignment, layers, layer_weights, method, method.describe(layers), tensors, shards)
+
+
+def _tensor_plan(key: str, alignment: Alignment, anchor_source: TensorSource, weights_of_layer: dict[str, tuple[float, ...]],
+                 recipe: MergeRecipe) -> TensorPlan:
+    aligned = alignment.tensors[key]
+    info = anchor_source.infos[aligned.names[alignment.anchor]]
+    floating = info.dtype.is_floating_point
+    output = TensorInfo(info.name, getattr(torch, recipe.dtype) if recipe.dtype and floating else info.dtype, info.shape)
+    layer = layer_of(key)
+    weights = weights_of_layer.get(layer)
+    statistic = key.endswith((RUNNING_MEAN, RUNNING_VAR))
+    anchor_only = {alignment.anchor: aligned.names[alignment.anchor]}
+    if aligned.status is not TensorStatus.SHARED or weights is None or not floating or (statistic and recipe.bn_stats == "anchor"):
+        return TensorPlan(key, layer, Rule.ANCHOR, output, anchor_only)
+    if key.endswith(RUNNING_VAR) and recipe.bn_stats == "gaussian":
+        mean = alignment.tensors.get(key[: -len(RUNNING_VAR)] + RUNNING_MEAN)
+        if mean is not None and mean.status is TensorStatus.SHARED:
+            return TensorPlan(key, layer, Rule.GAUSSIAN_VARIANCE, output, dict(aligned.names), weights, dict(mean.names))
+    return TensorPlan(key, layer, Rule.AVERAGE if statistic else Rule.METHOD, output, dict(aligned.names), weights)

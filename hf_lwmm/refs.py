@@ -37,7 +37,7 @@ class ModelRef:
     subfolder: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelRef":
+    def parse(cls, text: str) -> ModelRef:
         """Read a reference: an existing folder wins, then ``org/name[@revision][:subfolder]``."""
         text = text.strip()
         if not text:
@@ -65,7 +65,7 @@ class ModelRef:
             text += f":{self.subfolder}"
         return text
 
-    def pinned(self, commit: str | None) -> "ModelRef":
+    def pinned(self, commit: str | None) -> ModelRef:
         """The same reference at a resolved commit (local folders are returned as they are)."""
         if self.is_local or commit is None:
             return self
@@ -119,6 +119,7 @@ def _missing_weights_error(ref: ModelRef, commit: str | None, *, token: str | bo
     """Why a snapshot has no safetensors: the repo's file list tells whether it only has pickle weights."""
     from huggingface_hub import HfApi
 
+    assert ref.repo_id is not None
     prefix = f"{ref.subfolder}/" if ref.subfolder else ""
     files: list[str] = []
     if may_list:
@@ -145,6 +146,7 @@ def _download(ref: ModelRef, *, token: str | bool | None, local_files_only: bool
         RevisionNotFoundError,
     )
 
+    assert ref.repo_id is not None
     prefix = f"{ref.subfolder}/" if ref.subfolder else ""
     patterns = [prefix + pattern for pattern in HUB_ALLOW_PATTERNS]
     try:

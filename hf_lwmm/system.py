@@ -1,11 +1,14 @@
-"""What this process may use of the machine."""
+"""What this process may use of the machine: CPU cores, and the device the merge math runs on.
+
+Layering: a bottom module (imports only :mod:`hf_lwmm.errors`; torch when a device is resolved).
+"""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from hf_lwmm.errors import LwmmError
+from hf_lwmm.errors import RunOptionError
 
 if TYPE_CHECKING:
     import torch
@@ -16,8 +19,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_device(name: str) -> "torch.device":
-    """The torch device named ``name``, checked to exist on this machine; ``auto``: the accelerator or the CPU."""
+def resolve_device(name: str) -> torch.device:
+    """The torch device named ``name``, checked to exist on this machine; ``auto`` lets accelerate pick the
+    accelerator (CUDA, MPS, XPU…) or the CPU."""
     import torch
 
     if name == "auto":
@@ -27,14 +31,14 @@ def resolve_device(name: str) -> "torch.device":
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise LwmmError(f"device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
+        raise RunOptionError("device", f"{name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
     if device.type == "cpu":
         return device
     backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
     available = getattr(backend, "is_available", None)
     if available is None or not available():
-        raise LwmmError(f"device {name!r}: no {device.type} device on this machine (use cpu, or auto to pick what is there)")
+        raise RunOptionError("device", f"{name!r}: no {device.type} device on this machine (use cpu, or auto to pick what is there)")
     count = getattr(backend, "device_count", None)
     if device.index is not None and count is not None and device.index >= count():
-        raise LwmmError(f"device {name!r}: this machine has {count()} {device.type} device(s)")
+        raise RunOptionError("device", f"{name!r}: this machine has {count()} {device.type} device(s)")
     return device

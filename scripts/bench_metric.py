@@ -2,7 +2,7 @@
 
 Two baselines, both the Hub ``mean_iou`` algorithm (per-image histograms):
 
-* ``hub pipeline``: :class:`~hf_lwmm.evaluation.reference.PerImageMeanIoU`, i.e. the algorithm behind
+* ``hub pipeline``: :class:`tests/metric_reference.py's ``PerImageMeanIoU```, i.e. the algorithm behind
   ``evaluate``'s ``add_batch``/``compute`` that stores every mask as an image, as the Hub metric runs;
 * ``per-image numpy``: the same algorithm called directly on the arrays (no storage at all).
 
@@ -14,16 +14,20 @@ Values must be identical (asserted); the script prints the speed ratios. Goal: â
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hf_lwmm.evaluation.metric import MeanIoU
-from hf_lwmm.evaluation.reference import PerImageMeanIoU, per_image_mean_iou
 from hf_lwmm.system import usable_cores
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-image reference lives with the tests
+from metric_reference import PerImageMeanIoU, per_image_mean_iou  # noqa: E402
 
 IGNORE_INDEX = 255
 BATCH_SIZE = 8

@@ -44,16 +44,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from hf_lwmm.align import TensorStatus, align  # noqa: E402
+from hf_lwmm.align import TensorStatus  # noqa: E402
 from hf_lwmm.console import Verbosity, configure, progress_bar  # noqa: E402
 from hf_lwmm.diff import Discrepancy, discrepancy_plot, model_discrepancy  # noqa: E402
 from hf_lwmm.errors import LwmmError  # noqa: E402
 from hf_lwmm.evaluation.data import SegmentationData, load_segmentation_data  # noqa: E402
 from hf_lwmm.evaluation.runner import Predictor, RowResult, evaluate_predictors  # noqa: E402
 from hf_lwmm.evaluation.sweep import SweepResult, shared_layers, sweep_layerwise, sweep_plot, sweep_table  # noqa: E402
-from hf_lwmm.io import open_weights  # noqa: E402
 from hf_lwmm.merge import merge  # noqa: E402
-from hf_lwmm.recipe import MergeRecipe  # noqa: E402
+from hf_lwmm.plan import plan_merge  # noqa: E402
+from hf_lwmm.recipe import MergeRecipe, RunOptions  # noqa: E402
 
 MANIFEST = "zoo.json"
 #: zoo roles (``zoo.json``) of the models that share the base's classes and head: the merge pool
@@ -148,7 +148,9 @@ class Row:
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"name": self.name, "method": self.method, "models": list(self.members), "relative_cost": self.cost}
         if self.recipe is not None:
-            described.update(anchor=anchor_of(self), alpha=self.recipe.alpha, start_layer=self.recipe.start_layer)
+            parameters = self.recipe.parameters
+            described.update(anchor=anchor_of(self), alpha=getattr(parameters, "alpha", None),
+                             start_layer=getattr(parameters, "start_layer", None))
         if self.unavailable:
             described["unavailable"] = self.unavailable
         return described
@@ -190,11 +192,15 @@ class Context:
     ranking: list[str] = field(default_factory=list)
     chosen: Chosen | None = None
 
-    def recipe(self, names: Sequence[str], *, anchor: str, method: str, **options: Any) -> MergeRecipe:
+    def recipe(self, names: Sequence[str], *, anchor: str, method: str, **parameters: Any) -> MergeRecipe:
         folders = [self.zoo.folder(name) for name in names]
         if method == "fisher":
-            options["method_options"] = dict(self.fisher_options)
-        return MergeRecipe(models=folders, anchor=self.zoo.folder(anchor), method=method, device=self.device, **options)
+            parameters.update(self.fisher_options)
+        return MergeRecipe(models=folders, anchor=self.zoo.folder(anchor), method=method, parameters=parameters)
+
+    @property
+    def run_options(self) -> RunOptions:
+        return RunOptions(device=self.device, progress=False)
 
     def layerwise(self, names: Sequence[str], *, anchor: str) -> Row:
         """Layer-wise merge with the hyper-parameters chosen on dusk/val."""
@@ -218,7 +224,7 @@ class Context:
             folders = {name: Path(self.zoo.folder(name)) for row in runnable if row.recipe is None for name in row.members}
             merges = [row for row in runnable if row.recipe is not None]
             for index, row in enumerate(progress_bar(merges, desc="merging", unit="merge", enabled=self.progress)):
-                folders[row.name] = merge(row.recipe, Path(scratch) / f"merge-{index:03d}", progress=False).output_dir
+                folders[row.name] = merge(row.recipe, Path(scratch) / f"merge-{index:03d}", self.run_options).output_dir
             entries = list(folders.items())
             position = {name: index for index, (name, _) in enumerate(entries)}
             predictors = [Predictor(row.name, (position[row.name],) if row.recipe else tuple(position[m] for m in row.members))
@@ -316,7 +322,7 @@ def sweep(context: Context, out: Path) -> Experiment:
     layers = shared_layers(folders, anchor=folders[0])
     alphas = [1 / count + share * (1 - 1 / count) for share in SWEEP_SHARES]
     result: SweepResult = sweep_layerwise(folders, context.datasets[VALIDATION], anchor=folders[0], alphas=alphas,
-                                          start_layers=sweep_start_layers(layers), merge_options={"device": context.device},
+                                          start_layers=sweep_start_layers(layers), options=context.run_options,
                                           evaluation={"batch_size": context.batch_size}, progress=context.progress)
     best = result.best()
     context.chosen = Chosen(share=SWEEP_SHARES[result.alphas.index(best.alpha)], start_layer=best.start_layer_name)
@@ -384,8 +390,7 @@ def table3(context: Context) -> Experiment:
 
 def mismatch_reason(context: Context, names: Sequence[str]) -> str:
     """Why a merge of every tensor cannot run: the tensors whose shapes differ, e.g. the classifier."""
-    sources = [open_weights(Path(context.zoo.folder(name)), label=name) for name in names]
-    alignment = align(sources, [None] * len(sources), anchor=0)
+    alignment = plan_merge(MergeRecipe(models=[context.zoo.folder(name) for name in names], method="isotropic")).alignment
     differing = [tensor for tensor in alignment.tensors.values() if tensor.status is TensorStatus.SHAPE_MISMATCH]
     if not differing:
         return ""
@@ -489,8 +494,8 @@ def discrepancies(context: Context, out: Path) -> Experiment:
     pairs += [(f"strategies {best} vs {other}", best, other) for other in context.ranking[1:]]
     results: dict[str, Discrepancy] = {}
     for label, first, second in progress_bar(pairs, desc="discrepancy", unit="pair", enabled=context.progress):
-        sources = [open_weights(Path(zoo.folder(name)), label=name) for name in (first, second)]
-        results[label] = model_discrepancy(*sources, taus=DIFF_TAUS, progress=False)
+        plan = plan_merge(MergeRecipe(models=[zoo.folder(first), zoo.folder(second)], method="isotropic"))
+        results[label] = model_discrepancy(plan, taus=DIFF_TAUS, progress=False)
     discrepancy_plot(out / "fig2_discrepancy.png", {label: result.fractions_at(PLOT_TAU) for label, result in results.items()},
                      title=f"fraction of parameters with |a−b| / max(|a|,|b|) > {PLOT_TAU:g}, per layer")
     experiment = Experiment("fig2", f"Fig. 2: per-layer discrepancy (τ = {PLOT_TAU:g})", plots=["fig2_discrepancy.png"],

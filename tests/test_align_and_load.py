@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, GLPNConfig, GLPNForDepthEstimation, SegformerModel, pipeline
 
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.align import TensorStatus, align, canonical_name
 from hf_lwmm.cli import main
@@ -15,6 +16,8 @@ from hf_lwmm.io import open_weights
 from hf_lwmm.refs import resolve
 
 from helpers import TINY_ENCODER, make_tiny_segformer, tiny_config
+
+QUIET = RunOptions(progress=False)
 
 ENCODER_KEY = "encoder.block.0.0.mlp.dense1.weight"
 
@@ -53,7 +56,7 @@ def test_semantic_glpn_and_bare_encoders_align(tmp_path):
 
 def test_merge_semantic_with_depth_model_keeps_the_semantic_head(tmp_path):
     seg, glpn = make_tiny_segformer(tmp_path / "seg"), _glpn(tmp_path / "glpn")
-    merge(MergeRecipe(models=[str(seg), str(glpn)], method="isotropic"), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(seg), str(glpn)], method="isotropic"), tmp_path / "out", QUIET)
     merged, a, b = load_file(tmp_path / "out/model.safetensors"), load_file(seg / "model.safetensors"), load_file(glpn / "model.safetensors")
     assert set(merged) == set(a)
     torch.testing.assert_close(merged[f"segformer.{ENCODER_KEY}"], (a[f"segformer.{ENCODER_KEY}"] + b[f"glpn.{ENCODER_KEY}"]) / 2)
@@ -61,7 +64,7 @@ def test_merge_semantic_with_depth_model_keeps_the_semantic_head(tmp_path):
 
 
 def test_from_pretrained_and_pipeline_load_the_output(tiny_models, tmp_path):
-    merge(MergeRecipe(models=[str(m) for m in tiny_models]), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models]), tmp_path / "out", QUIET)
     model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
     merged = load_file(tmp_path / "out/model.safetensors")
     # transformers renames tensors in memory; the file's classifier must be the loaded one

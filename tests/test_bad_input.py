@@ -165,7 +165,7 @@ def test_unknown_recipe_key(workspace, capsys, tmp_path):
     models, out = workspace
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(json.dumps({"models": [str(m) for m in models], "alpah": 0.3}))
-    _fails(["merge", "--recipe", str(recipe), "--output", str(out / "merged")], capsys, "unknown recipe key 'alpah'")
+    _fails(["merge", "--recipe", str(recipe), "--output", str(out / "merged")], capsys, "recipe field 'alpah': unknown field")
     _nothing_written(out)
 
 
@@ -184,10 +184,23 @@ class Case:
 #: one line per case; outputs go to ``{ws}`` (the working directory), inputs are shared and never change
 CLI_CASES = {
     "shard size with an unknown unit": Case("merge {m0} {m1} -o {ws}/out --max-shard-size 5XB", "--max-shard-size '5XB': not a size"),
-    "shard size 0": Case("merge {m0} {m1} -o {ws}/out --max-shard-size 0", "--max-shard-size '0': must be more than 0"),
-    "cuda without a GPU": Case("merge {m0} {m1} -o {ws}/out --device cuda", "device 'cuda': no cuda device", skip_if="cuda"),
+    "shard size 0": Case("merge {m0} {m1} -o {ws}/out --max-shard-size 0", "--max-shard-size '0': must be at least one byte"),
+    "cuda without a GPU": Case("merge {m0} {m1} -o {ws}/out --device cuda", "--device 'cuda': no cuda device", skip_if="cuda"),
+    "--alpha with isotropic": Case("merge {m0} {m1} -o {ws}/out --method isotropic --alpha 0.3",
+                                   "--alpha: not a parameter of --method isotropic"),
+    "--fisher-data with layerwise": Case("merge {m0} {m1} -o {ws}/out --fisher-data {data}",
+                                         "--fisher-data: not a parameter of --method layerwise"),
+    "recipe alpha is text": Case("merge --recipe {recipe_alpha_text} -o {ws}/out",
+                                 "recipe field 'alpha': Input should be a valid number (got 'high')"),
+    "recipe start_layer is a list": Case("merge --recipe {recipe_start_layer_list} -o {ws}/out",
+                                         "recipe field 'start_layer': Input should be a valid integer (got [1, 2])"),
+    "recipe model is a number": Case("merge --recipe {recipe_model_number} -o {ws}/out",
+                                     "recipe field 'models[0]': Input should be a valid string (got 42)"),
+    "recipe shard size is a number": Case("merge --recipe {recipe_shard_size_number} -o {ws}/out",
+                                          "recipe field 'max_shard_size': Input should be a valid string (got 12)"),
+    "recipe not UTF-8": Case("merge --recipe {recipe_not_utf8} -o {ws}/out", "recipe_not_utf8.yaml: not UTF-8 text"),
     "unwritable output parent": Case("merge {m0} {m1} -o {unwritable}/merged", "cannot write in"),
-    "output is the root": Case("merge {m0} {m1} -o / --overwrite", "output /: the root folder"),
+    "output is the root": Case("merge {m0} {m1} -o / --overwrite", "--output /: the root folder"),
     "output is an input": Case("merge {m0} {m1} -o {m1} --overwrite", "is the input"),
     "output is an input, relative": Case("merge {m0} {m1} -o {m1_relative} --overwrite", "is the input"),
     "output is an input, via a link": Case("merge {m0} {m1} -o {m1_link} --overwrite", "is the input"),
@@ -240,13 +253,31 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     corrupt = shutil.copytree(data, root / "corrupt_png")
     (corrupt / "images" / "frame_001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (root / "m1-link").symlink_to(m1)
+    recipes = _recipe_files(root / "recipes", [str(m0), str(m1)])
     (root / "notes.txt").write_text("not a folder")
     unwritable = root / "read-only"
     unwritable.mkdir()
     unwritable.chmod(0o555)
     return {"inputs": str(root), "m0": str(m0), "m1": str(m1), "m1_link": str(root / "m1-link"), "file": str(root / "notes.txt"),
             "data": str(data), "corrupt_png": str(corrupt), **{name: str(path) for name, path in broken.items()},
+            **{name: str(path) for name, path in recipes.items()},
             "unwritable": "/sys" if os.geteuid() == 0 else str(unwritable)}  # root writes anywhere but in /sys
+
+
+def _recipe_files(folder: Path, models: list[str]) -> dict[str, Path]:
+    """Recipe files, each with one field of the wrong type (the typed recipe's own tests cover each field)."""
+    folder.mkdir()
+    documents = {
+        "recipe_alpha_text": {"models": models, "parameters": {"alpha": "high"}},
+        "recipe_start_layer_list": {"models": models, "parameters": {"start_layer": [1, 2]}},
+        "recipe_model_number": {"models": [42, models[1]]},
+        "recipe_shard_size_number": {"models": models, "max_shard_size": 12},
+    }
+    paths = {name: folder / f"{name}.yaml" for name in [*documents, "recipe_not_utf8"]}
+    for name, document in documents.items():
+        paths[name].write_text(json.dumps(document))  # JSON is YAML
+    paths["recipe_not_utf8"].write_bytes(json.dumps({"models": models}).encode() + b"\n# caf\xe9\n")
+    return paths
 
 
 def _paired_data(folder: Path, count: int = 3) -> Path:

@@ -12,13 +12,16 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation
 
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.cli import main
 from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, open_weights, parse_size
 
+QUIET = RunOptions(progress=False)
+
 
 def test_card_metadata_parses_and_lists_every_source(tiny_models, tmp_path):
-    result = merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[1])), tmp_path / "out", progress=False)
+    result = merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[1])), tmp_path / "out", QUIET)
     card = ModelCard.load(tmp_path / "out" / "README.md")
     data = card.data.to_dict()
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
@@ -30,28 +33,29 @@ def test_card_metadata_parses_and_lists_every_source(tiny_models, tmp_path):
     assert result.sha256 == {"model.safetensors": digest} and digest in card.text
     assert "arXiv:2409.15813" in card.text and "Multi-target Domain Adaptation" in card.text
     assert "| 0 | `patch_embeddings.0` | 0.3333 | 0.3333 | 0.3333 |" in card.text
-    assert "lwmm-hub merge" in card.text and "--start-layer 9" in card.text
+    assert "lwmm-hub merge --recipe lwmm_recipe.yaml --output out" in card.text
+    assert "| `start_layer` | `9` |" in card.text and "| `alpha` | `0.3333333333333333` |" in card.text
     assert (tmp_path / "out" / "lwmm_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_recipe_file_reruns_the_merge_and_flags_override(tiny_models, tmp_path, capsys):
-    first = merge(MergeRecipe(models=[str(m) for m in tiny_models], alpha=0.6, start_layer="block.2.0"), tmp_path / "one", progress=False)
+    first = merge(MergeRecipe(models=[str(m) for m in tiny_models], parameters={"alpha": 0.6, "start_layer": "block.2.0"}), tmp_path / "one", QUIET)
     document = yaml.safe_load((tmp_path / "one" / "lwmm_recipe.yaml").read_text())
-    assert document["recipe"]["alpha"] == 0.6 and document["weights_sha256"] == first.sha256
+    assert document["recipe"]["parameters"]["alpha"] == 0.6 and document["weights_sha256"] == first.sha256
     assert [s["ref"] for s in document["sources"]] == [str(m) for m in tiny_models]
     assert main(["merge", "--recipe", str(tmp_path / "one" / "lwmm_recipe.yaml"), "--output", str(tmp_path / "two")]) == 0
     again = yaml.safe_load((tmp_path / "two" / "lwmm_recipe.yaml").read_text())
     assert again["weights_sha256"] == first.sha256
     assert main(["merge", "--recipe", str(tmp_path / "one" / "lwmm_recipe.yaml"), "--alpha", "0.9", "--output", str(tmp_path / "three")]) == 0
     changed = yaml.safe_load((tmp_path / "three" / "lwmm_recipe.yaml").read_text())
-    assert changed["recipe"]["alpha"] == 0.9 and changed["weights_sha256"] != first.sha256
+    assert changed["recipe"]["parameters"]["alpha"] == 0.9 and changed["weights_sha256"] != first.sha256
 
 
 def test_sharded_output_loads_and_matches_single_file(tiny_models, tmp_path):
     recipe = MergeRecipe(models=[str(m) for m in tiny_models])
-    merge(recipe, tmp_path / "single", progress=False)
-    recipe.max_shard_size = "10KB"
-    result = merge(recipe, tmp_path / "sharded", progress=False)
+    merge(recipe, tmp_path / "single", QUIET)
+    recipe = recipe.replace(max_shard_size="10KB")
+    result = merge(recipe, tmp_path / "sharded", QUIET)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 3 and shards == sorted(result.sha256) and shards[0].endswith(f"-of-{len(shards):05d}.safetensors")

@@ -8,10 +8,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 from helpers import make_tiny_segformer
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm.cli import main
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
 from test_eval import single_model_miou, tiny_samples, write_paired_folder
+
+QUIET = RunOptions(progress=False)
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def test_compare_reports_every_baseline_with_costs_and_the_best_anchor(setting, 
     anchor = max(models, key=lambda name: rows[name]["mean_iou"])
     assert result["anchor"] == anchor and result["recipes"]["layer-wise merge"]["anchor"] == anchor
 
-    layerwise = merge(MergeRecipe(models=models, anchor=anchor), tmp_path / "layerwise", progress=False)
+    layerwise = merge(MergeRecipe(models=models, anchor=anchor), tmp_path / "layerwise", QUIET)
     assert rows["layer-wise merge"]["mean_iou"] == pytest.approx(single_model_miou(layerwise.output_dir, data), abs=1e-12)
     assert (output / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out

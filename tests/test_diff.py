@@ -12,7 +12,12 @@ from helpers import make_tiny_segformer
 from hf_lwmm.cli import main
 from hf_lwmm.diff import exceeding_counts, model_discrepancy, relative_difference
 from hf_lwmm.errors import IncompatibleModelsError
-from hf_lwmm.io import open_weights
+from hf_lwmm.plan import plan_merge
+from hf_lwmm.recipe import MergeRecipe
+
+
+def _plan(first, second):
+    return plan_merge(MergeRecipe(models=[first, second], method="isotropic"))
 
 
 def test_relative_difference_is_symmetric_and_floored_by_epsilon():
@@ -56,7 +61,7 @@ def pair(tmp_path):
 
 def test_model_discrepancy_counts_each_layer_exactly(pair):
     first, second, tensors = pair
-    result = model_discrepancy(open_weights(first, label="a"), open_weights(second, label="b"), taus=[0.1, 0.5], progress=False)
+    result = model_discrepancy(_plan(first, second), taus=[0.1, 0.5], progress=False)
     layers = {layer.layer: layer for layer in result.layers}
     block = [name for name in tensors if name.startswith("segformer.encoder.block.0.0.")]
     assert layers["block.0.0"].parameters == sum(tensors[name].numel() for name in block)
@@ -87,6 +92,6 @@ def test_models_without_a_shared_backbone_fail_with_one_line(tmp_path, capsys):
     first = make_tiny_segformer(tmp_path / "a", seed=0)
     other = make_tiny_segformer(tmp_path / "b", seed=0, hidden_sizes=[12, 20, 28, 36], num_attention_heads=[1, 2, 4, 4])
     with pytest.raises(IncompatibleModelsError):
-        model_discrepancy(open_weights(first, label="a"), open_weights(other, label="b"), progress=False)
+        model_discrepancy(_plan(first, other), progress=False)
     assert main(["diff", str(first), str(first), "--tau", "-1"]) == 2
     assert "--tau" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 from helpers import make_tiny_segformer
 from hf_lwmm.cli import main
 from hf_lwmm.evaluation.data import load_segmentation_data
-from hf_lwmm.evaluation.reference import per_image_mean_iou
+from metric_reference import per_image_mean_iou
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.data import Sample
 from hf_lwmm.evaluation.runner import Predictor, dataset_label, evaluate_predictors

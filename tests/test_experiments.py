@@ -15,8 +15,9 @@ from helpers import make_tiny_segformer
 from hf_lwmm.evaluation.data import load_segmentation_data
 from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
 from hf_lwmm.merge import merge
-from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.recipe import MergeRecipe, RunOptions
 from test_eval import class_names, tiny_samples, write_paired_folder
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_experiments.py"
 POOL = {"base": "base", "source-only": "strategy", "mean-teacher": "strategy"}
@@ -150,9 +151,9 @@ def test_hyper_parameters_come_from_dusk_val_and_rows_equal_a_separate_merge(run
     row = next(row for row in rows_of(out, "table3").values() if row["models"] == [anchor, other])
     assert row["anchor"] == anchor and row["start_layer"] == chosen["start_layer"]
     assert row["alpha"] == pytest.approx(0.5 + chosen["share"] * 0.5)
-    recipe = MergeRecipe(models=[str(zoo / anchor), str(zoo / other)], anchor=str(zoo / anchor), alpha=row["alpha"],
-                         start_layer=row["start_layer"], device="cpu")
-    merged = merge(recipe, zoo.parent / "check", progress=False).output_dir
+    recipe = MergeRecipe(models=[str(zoo / anchor), str(zoo / other)], anchor=str(zoo / anchor),
+                         parameters={"alpha": row["alpha"], "start_layer": row["start_layer"]})
+    merged = merge(recipe, zoo.parent / "check", RunOptions(device="cpu", progress=False)).output_dir
     assert row["mean_iou"]["dusk/val"] == pytest.approx(mean_iou(merged, data / "dusk" / "val"), abs=1e-12)
     assert row["mean_iou"]["test"] == pytest.approx(mean_iou(merged, test), abs=1e-12)
 

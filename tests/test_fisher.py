@@ -88,5 +88,6 @@ def test_fisher_merge_writes_the_fisher_weighted_average(tmp_path):
 def test_fisher_without_data_is_one_line(tmp_path, capsys):
     models = [make_tiny_segformer(tmp_path / f"model_{i}", seed=i) for i in range(2)]
     assert main(["merge", *map(str, models), "--method", "fisher", "--output", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip().endswith("--method fisher needs --fisher-data DATA (unlabelled images of the target domain)")
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and err[0].startswith("lwmm-hub merge: error: --method fisher needs --fisher-data (unlabelled target-domain images")
     assert not (tmp_path / "out").exists()

@@ -15,11 +15,14 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForSemanticSegmentation
 
 from helpers import make_tiny_segformer
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm.cli import main
 from hf_lwmm.hub import sha256_of
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
 from hub_server import HubServer, go_offline, hub  # noqa: F401  (hub: fixture)
+
+QUIET = RunOptions(progress=False)
 
 ORG = "uda-lab"
 PUSHED_FILES = [".gitattributes", "README.md", "config.json", "lwmm_recipe.yaml", "lwmm_weights.png",
@@ -85,7 +88,7 @@ def test_merge_pulls_revisions_and_subfolders_then_pushes_one_commit(hub: HubSer
     assert hub.token not in log.out + log.err
 
     # the right bits were pulled: a merge of local copies of the expected revisions is bit-identical
-    expected = merge(MergeRecipe(models=[str(p) for p in sources.local]), tmp_path / "expected", progress=False)
+    expected = merge(MergeRecipe(models=[str(p) for p in sources.local]), tmp_path / "expected", QUIET)
     assert {name: sha256_of(output / name) for name in expected.sha256} == expected.sha256
 
     api = HfApi()

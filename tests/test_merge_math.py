@@ -6,12 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.layers import order_layers
 from hf_lwmm.methods.functional import fisher_weighted_average, gaussian_bn_stats, weighted_average
-from hf_lwmm.plan import layerwise_weights, linear_schedule
+from hf_lwmm.schedules import layerwise_weights, linear_schedule
 
 from helpers import make_tiny_segformer
+
+QUIET = RunOptions(progress=False)
 
 FIRST = "segformer.encoder.patch_embeddings.0.proj.weight"
 MID = "segformer.encoder.block.3.0.mlp.dense1.weight"
@@ -30,7 +33,7 @@ def _layer_index(layer: str, models) -> int:
 
 def test_first_layer_is_alpha_weighted_mean(tiny_models, tmp_path):
     alpha = 0.5
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[1]), alpha=alpha, start_layer=4), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[1]), parameters={"alpha": alpha, "start_layer": 4}), tmp_path / "out", QUIET)
     sources = [_weights(m)[FIRST] for m in tiny_models]
     expected = alpha * sources[1] + 0.25 * sources[0] + 0.25 * sources[2]
     torch.testing.assert_close(_weights(tmp_path / "out")[FIRST], expected, rtol=0, atol=1e-7)
@@ -38,7 +41,7 @@ def test_first_layer_is_alpha_weighted_mean(tiny_models, tmp_path):
 
 def test_mid_layer_follows_the_linear_ramp(tiny_models, tmp_path):
     alpha, start = 0.2, 3
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], alpha=alpha, start_layer=start), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], parameters={"alpha": alpha, "start_layer": start}), tmp_path / "out", QUIET)
     layer = _layer_index("block.3.0", tiny_models)
     num_layers = 19  # 4 stages × (patch embed, block, norm) + linear_c×4 + fuse + bn + classifier
     anchor_weight = alpha + (1 - alpha) * (layer - start) / (num_layers - start)
@@ -51,7 +54,7 @@ def test_mid_layer_follows_the_linear_ramp(tiny_models, tmp_path):
 
 def test_classifier_is_the_anchors_when_class_counts_differ(tmp_path):
     models = [make_tiny_segformer(tmp_path / "a", num_labels=5, seed=0), make_tiny_segformer(tmp_path / "b", num_labels=3, seed=1)]
-    result = merge(MergeRecipe(models=[str(m) for m in models], anchor=str(models[1])), tmp_path / "out", progress=False)
+    result = merge(MergeRecipe(models=[str(m) for m in models], anchor=str(models[1])), tmp_path / "out", QUIET)
     merged, anchor = _weights(tmp_path / "out"), _weights(models[1])
     assert torch.equal(merged[CLASSIFIER], anchor[CLASSIFIER])
     assert torch.equal(merged["decode_head.classifier.bias"], anchor["decode_head.classifier.bias"])
@@ -60,7 +63,7 @@ def test_classifier_is_the_anchors_when_class_counts_differ(tmp_path):
 
 
 def test_batchnorm_statistics_follow_the_gaussian_mixture(tiny_models, tmp_path):
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="isotropic"), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="isotropic"), tmp_path / "out", QUIET)
     means = torch.stack([_weights(m)[f"{BN}.running_mean"] for m in tiny_models])
     variances = torch.stack([_weights(m)[f"{BN}.running_var"] for m in tiny_models])
     mean = means.mean(0)
@@ -73,21 +76,21 @@ def test_batchnorm_statistics_follow_the_gaussian_mixture(tiny_models, tmp_path)
 
 @pytest.mark.parametrize("mode", ["anchor", "linear"])
 def test_batchnorm_modes(tiny_models, tmp_path, mode):
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="isotropic", bn_stats=mode), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="isotropic", bn_stats=mode), tmp_path / "out", QUIET)
     variances = [_weights(m)[f"{BN}.running_var"] for m in tiny_models]
     expected = variances[0] if mode == "anchor" else torch.stack(variances).mean(0)
     torch.testing.assert_close(_weights(tmp_path / "out")[f"{BN}.running_var"], expected, rtol=1e-6, atol=1e-7)
 
 
 def test_num_batches_tracked_stays_int64_from_the_anchor(tiny_models, tmp_path):
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[2])), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], anchor=str(tiny_models[2])), tmp_path / "out", QUIET)
     tracked = _weights(tmp_path / "out")[f"{BN}.num_batches_tracked"]
     assert tracked.dtype == torch.int64 and int(tracked) == 12
 
 
 def test_linear_weights_and_output_dtype(tiny_models, tmp_path):
     weights = [0.5, 0.3, 0.2]
-    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="linear", weights=weights, dtype="float16"), tmp_path / "out", progress=False)
+    merge(MergeRecipe(models=[str(m) for m in tiny_models], method="linear", parameters={"weights": weights}, dtype="float16"), tmp_path / "out", QUIET)
     merged = _weights(tmp_path / "out")
     expected = sum(w * _weights(m)[MID] for w, m in zip(weights, tiny_models))
     assert merged[MID].dtype == torch.float16
@@ -96,8 +99,8 @@ def test_linear_weights_and_output_dtype(tiny_models, tmp_path):
 
 def test_merge_is_bit_identical_across_runs(tiny_models, tmp_path):
     recipe = MergeRecipe(models=[str(m) for m in tiny_models])
-    first = merge(recipe, tmp_path / "one", progress=False)
-    second = merge(recipe, tmp_path / "two", progress=False)
+    first = merge(recipe, tmp_path / "one", QUIET)
+    second = merge(recipe, tmp_path / "two", QUIET)
     assert first.sha256 == second.sha256
 
 

@@ -10,7 +10,7 @@ import torch
 
 from hf_lwmm.evaluation.confusion import confusion_matrix, iou_from_confusion
 from hf_lwmm.evaluation.metric import MeanIoU, PairCounts, _histogram_on_device, _histogram_on_host, pair_histogram
-from hf_lwmm.evaluation.reference import PerImageMeanIoU, per_image_mean_iou
+from metric_reference import PerImageMeanIoU, per_image_mean_iou
 
 # 2×3 masks; 255 is void. Per class (over the 5 non-void pixels):
 #   class 0: intersection 1, predicted 2, reference 1 → IoU 1/2, accuracy 1

@@ -109,3 +109,21 @@ def test_two_merges_to_one_new_output_the_second_fails_and_the_first_stays(model
     assert err.strip().splitlines()[-1].startswith(f"lwmm-hub merge: error: output {output}: appeared while this run was writing it")
     assert sha256_of(output / "model.safetensors") == first
     assert [path.name for path in tmp_path.iterdir() if path.name != "inputs"] == ["merged"]
+
+
+def test_the_library_refuses_an_output_overlapping_an_input_before_planning(models, tmp_path, monkeypatch):
+    from hf_lwmm import MergeRecipe, RunOptions, execute, merge, plan_merge
+
+    recipe, options = MergeRecipe(models=models), RunOptions(progress=False, overwrite=True)
+    planned = []
+    monkeypatch.setattr(sys.modules["hf_lwmm.merge"], "plan_merge", lambda *args: planned.append(args))
+    with pytest.raises(LwmmError, match=r"^output_dir .*m0/merged: lies inside the input .*m0; choose"):
+        merge(recipe, models[0] / "merged", options)
+    with pytest.raises(LwmmError, match=r"^output_dir .*inputs: contains the input .*m0; choose"):
+        merge(recipe, models[0].parent, options)
+    assert planned == []  # refused before any model was resolved
+    plan = plan_merge(recipe, options)  # execute checks a plan's model folders too
+    before = {path.name: sha256_of(path) for path in models[1].iterdir()}
+    with pytest.raises(LwmmError, match=r"^output_dir .*m1: is the input .*m1; choose"):
+        execute(plan, models[1], options)
+    assert {path.name: sha256_of(path) for path in models[1].iterdir()} == before

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard, constants
 
+from hf_lwmm.recipe import RunOptions, load_recipe
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import sha256_of
 from hf_lwmm.refs import ModelRef, resolve
 
 from helpers import make_tiny_segformer
+
+QUIET = RunOptions(progress=False)
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -69,11 +72,12 @@ def test_merge_records_resolved_commits(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _cache_entry(cache, "org/uda-mic", make_tiny_segformer(tmp_path / "a", seed=0))
     local = make_tiny_segformer(tmp_path / "b", seed=1)
-    result = merge(MergeRecipe(models=["org/uda-mic", str(local)]), tmp_path / "out", progress=False)
+    result = merge(MergeRecipe(models=["org/uda-mic", str(local)]), tmp_path / "out", QUIET)
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert result.models[0].commit == SHA and f"`{SHA}`" in card.text
     assert card.data.base_model == ["org/uda-mic"] and card.data.base_model_relation == "merge"
     weights = {"model.safetensors": sha256_of(tmp_path / "a" / "model.safetensors")}
     assert card.data.lwmm_sources[0] == {"ref": "org/uda-mic", "commit": SHA, "role": "anchor", "num_labels": 5, "model_type": "segformer",
                                          "weights_sha256": weights}
-    assert f"lwmm-hub merge org/uda-mic@{SHA} {local}" in card.text
+    assert "lwmm-hub merge --recipe lwmm_recipe.yaml" in card.text  # replaying the recipe pins the Hub source
+    assert load_recipe(tmp_path / "out" / "lwmm_recipe.yaml").models == [f"org/uda-mic@{SHA}", str(local)]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from helpers import make_tiny_segformer
+from hf_lwmm.recipe import RunOptions
 from hf_lwmm.cli import main
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.data import load_segmentation_data
@@ -14,6 +15,8 @@ from hf_lwmm.evaluation.sweep import default_start_layers, shared_layers, sweep_
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe
 from test_eval import single_model_miou, tiny_samples, write_paired_folder
+
+QUIET = RunOptions(progress=False)
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def test_sweep_produces_every_point_and_each_equals_a_separate_merge(setting):
     assert result.anchor_result.mean_iou == pytest.approx(single_model_miou(anchor, data), abs=1e-12)
 
     chosen = result.point(0.6, 7)
-    merged = merge(MergeRecipe(models=models, anchor=anchor, alpha=0.6, start_layer=7), tmp_path / "check", progress=False)
+    merged = merge(MergeRecipe(models=models, anchor=anchor, parameters={"alpha": 0.6, "start_layer": 7}), tmp_path / "check", QUIET)
     assert chosen.result.mean_iou == pytest.approx(single_model_miou(merged.output_dir, data), abs=1e-12)
     assert chosen.start_layer_name == "block.2.0"
     assert len({round(p.result.mean_iou, 12) for p in result.points}) > 1  # the grid points are distinct models
@@ -65,7 +68,7 @@ def test_sweep_command_writes_table_json_and_plot(setting, capsys):
 
 def test_out_of_range_start_layer_fails_before_any_merge(setting, capsys):
     tmp_path, models, data = setting
-    with pytest.raises(LwmmError, match="--start-layer 99"):
+    with pytest.raises(LwmmError, match="recipe field 'start_layer': 99: out of range"):
         sweep_layerwise(models, load_segmentation_data(str(data)), anchor=models[0], alphas=[0.5], start_layers=[99], progress=False)
     assert main(["sweep", *models, "--dataset", str(data), "--alphas", "x", "--output-dir", str(tmp_path / "s")]) == 2
     assert "--alphas" in capsys.readouterr().err

@@ -19,16 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_lwmm.align import align, alignment_report
-    from hf_lwmm.errors import LwmmError
-    from hf_lwmm.io import open_weights
-    from hf_lwmm.recipe import MergeRecipe
-    from hf_lwmm.refs import resolve
+    from hf_lwmm.align import alignment_report
+    from hf_lwmm.plan import plan_merge
+    from hf_lwmm.recipe import MergeRecipe, RunOptions
 
-    if len(args.models) < 2:
-        raise LwmmError(f"need at least two models to align, got {len(args.models)}")
-    anchor = MergeRecipe(models=args.models, anchor=args.anchor).anchor_index
-    models = [resolve(model) for model in args.models]
-    sources = [open_weights(m.folder, label=str(m.ref), allow_pickle=args.allow_pickle and m.ref.is_local) for m in models]
-    print(alignment_report(align(sources, [m.model_type for m in models], anchor=anchor, same_depths=False)))
+    plan = plan_merge(MergeRecipe(models=args.models, anchor=args.anchor, method="isotropic"),
+                      RunOptions(allow_pickle=args.allow_pickle), same_depths=False)
+    print(alignment_report(plan.alignment))
     return 0

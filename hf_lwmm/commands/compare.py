@@ -37,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.io.output import check_output_dir
 
     check_output_dir(args.output_dir, name="--output-dir")  # before the evaluation, not after it
-    layerwise = {"alpha": args.alpha}
-    if args.start_layer is not None:
-        layerwise["start_layer"] = int(args.start_layer) if args.start_layer.lstrip("-").isdigit() else args.start_layer
+    layerwise = {"alpha": args.alpha, "start_layer": args.start_layer}
     fisher = {"fisher_data": args.fisher_data, "fisher_samples": args.fisher_samples} if args.fisher_data else {}
     comparison = compare_models(args.models, load_data(args), anchor=args.anchor,
                                 fisher_options={name: value for name, value in fisher.items() if value is not None},

@@ -32,18 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_lwmm.console import note
     from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
-    from hf_lwmm.io import open_weights
     from hf_lwmm.io.output import check_output_file
-    from hf_lwmm.refs import resolve
+    from hf_lwmm.plan import plan_merge
+    from hf_lwmm.recipe import MergeRecipe, RunOptions
 
     if args.plot:
         check_output_file(args.plot, name="--plot", suffixes=PLOT_SUFFIXES)
     if args.json:
         check_output_file(args.json, name="--json")
-    models = [resolve(model) for model in args.models]
-    first, second = (open_weights(m.folder, label=str(m.ref), allow_pickle=args.allow_pickle and m.ref.is_local) for m in models)
-    discrepancy = model_discrepancy(first, second, model_types=(models[0].model_type, models[1].model_type),
-                                    taus=args.tau, epsilon=args.epsilon)
+    plan = plan_merge(MergeRecipe(models=args.models, method="isotropic"), RunOptions(allow_pickle=args.allow_pickle))
+    discrepancy = model_discrepancy(plan, taus=args.tau, epsilon=args.epsilon)
     print(discrepancy_table(discrepancy))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)

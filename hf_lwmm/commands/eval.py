@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +51,7 @@ def load_data(args: argparse.Namespace):
     return data
 
 
-def evaluation_options(args: argparse.Namespace) -> dict[str, object]:
+def evaluation_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`~hf_lwmm.evaluation.runner.evaluate_predictors` from the flags."""
     from hf_lwmm.evaluation.labels import load_label_map
 

@@ -13,7 +13,15 @@ examples:
 from __future__ import annotations
 
 import argparse
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hf_lwmm.recipe import MergeRecipe, RunOptions
+    from hf_lwmm.result import MergeResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,26 +41,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags for every :class:`~hf_lwmm.recipe.MergeRecipe` field; ``None`` means "not given"."""
+    """Flags for the recipe, one per method parameter (generated from the methods' declarations), and run options.
+
+    ``None`` means "not given" (a ``--recipe`` file's value, else the default, applies).
+    """
+    from hf_lwmm.commands import flag_of
     from hf_lwmm.methods import METHODS
-    from hf_lwmm.plan import SCHEDULES
     from hf_lwmm.recipe import BN_STATS_MODES, OUTPUT_DTYPES
 
     group = parser.add_argument_group("recipe")
     group.add_argument("--anchor", help="the model whose heads and deep layers win (default: the first)")
     group.add_argument("--method", choices=sorted(METHODS), help="merge method (default: layerwise)")
-    group.add_argument("--alpha", type=float, help="anchor weight in early layers (default: 1/M)")
-    group.add_argument("--start-layer", help="layer index or name where the anchor weight starts rising (default: L//2)")
-    group.add_argument("--schedule", choices=sorted(SCHEDULES), help="how the anchor weight rises (default: linear)")
-    group.add_argument("--weights", type=_float_list, help="comma-separated model weights for --method linear")
     group.add_argument("--bn-stats", choices=BN_STATS_MODES, help="BatchNorm running statistics (default: gaussian)")
     group.add_argument("--dtype", choices=OUTPUT_DTYPES, help="output dtype of floating tensors (default: the anchor's)")
-    group.add_argument("--device", help="where the merge math runs: auto (default), cpu, cuda, …")
-    group.add_argument("--max-shard-size", help="largest output weights file (default: 5GB)")
-    group.add_argument("--allow-pickle", action="store_true", default=None,
-                       help="load local pytorch_model.bin files with torch.load(weights_only=True)")
-    group.add_argument("--fisher-data", help="--method fisher: unlabelled images (a dataset, like --dataset of eval)")
-    group.add_argument("--fisher-samples", type=int, help="--method fisher: images to estimate the Fisher on (default: 32)")
+    group.add_argument("--max-shard-size", help="largest output weights file, e.g. 500MB (default: 5GB)")
+    parameters = parser.add_argument_group("method parameters")
+    for name, (methods, field) in method_parameter_fields().items():
+        parameters.add_argument(flag_of(name), dest=name, type=_flag_type(field.annotation),
+                                help=f"{', '.join(methods)}: {field.description}")
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--device", help="where the merge math runs: auto (default), cpu, cuda, …")
+    run_group.add_argument("--allow-pickle", action="store_true",
+                           help="load local pytorch_model.bin files with torch.load(weights_only=True)")
+
+
+def method_parameter_fields() -> dict[str, tuple[list[str], Any]]:
+    """Every parameter any method declares → (the methods that take it, the first declaration's field)."""
+    from hf_lwmm.methods import METHODS
+
+    fields: dict[str, tuple[list[str], Any]] = {}
+    for method in METHODS.values():
+        for name, field in method.Parameters.model_fields.items():
+            fields.setdefault(name, ([], field))[0].append(method.name)
+    return fields
+
+
+def _flag_type(annotation: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes the parameter's type: numbers, comma-separated numbers, else the text as is."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(annotation) if union else (annotation,)) - {type(None)}
+    if kinds == {float}:
+        return float
+    if kinds == {int}:
+        return int
+    if kinds == {list[float]}:
+        return _float_list
+    return str
 
 
 def _float_list(text: str) -> list[float]:
@@ -62,34 +96,49 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
 
 
-def recipe_from_args(args: argparse.Namespace):
-    """A recipe from ``--recipe`` (if any) overridden by the flags given on the command line."""
-    from hf_lwmm.errors import LwmmError
-    from hf_lwmm.recipe import MergeRecipe
+#: recipe fields set by flags of the same name (beyond the method parameters)
+_RECIPE_FLAGS = ("anchor", "method", "bn_stats", "dtype", "max_shard_size")
 
-    recipe = MergeRecipe.load(args.recipe) if args.recipe else MergeRecipe(models=[])
-    if args.models:
-        recipe.models = list(args.models)
-    overrides = {"anchor": args.anchor, "method": args.method, "alpha": args.alpha, "schedule": args.schedule,
-                 "weights": args.weights, "bn_stats": args.bn_stats, "dtype": args.dtype, "device": args.device,
-                 "max_shard_size": args.max_shard_size, "allow_pickle": args.allow_pickle}
-    if args.start_layer is not None:
-        overrides["start_layer"] = int(args.start_layer) if args.start_layer.lstrip("-").isdigit() else args.start_layer
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(recipe, name, value)
-    fisher_options = {"fisher_data": args.fisher_data, "fisher_samples": args.fisher_samples}
-    recipe.method_options.update({name: value for name, value in fisher_options.items() if value is not None})
-    if not recipe.models:
+
+def recipe_from_args(args: argparse.Namespace) -> MergeRecipe:
+    """A recipe from ``--recipe`` (if any) overridden by the flags given; a bad flag's error names the flag."""
+    from hf_lwmm.commands import flag_of
+    from hf_lwmm.errors import LwmmError
+    from hf_lwmm.methods import METHODS
+    from hf_lwmm.recipe import MergeRecipe, load_recipe
+
+    base = load_recipe(args.recipe) if args.recipe else None
+    if not args.models and base is None:
         raise LwmmError("no models given (pass two or more model references, or --recipe FILE)")
-    return recipe
+    method = args.method or (base.method if base else "layerwise")
+    declared = METHODS[method].Parameters.model_fields
+    given = {name: getattr(args, name) for name in method_parameter_fields() if getattr(args, name) is not None}
+    for name in given:
+        if name not in declared:
+            known = ", ".join(flag_of(known) for known in declared) or "none"
+            raise LwmmError(f"{flag_of(name)}: not a parameter of --method {method} (its parameters: {known})")
+    parameters = base.parameters.model_dump() if base is not None and base.method == method else {}
+    fields: dict[str, Any] = base.to_dict() if base is not None else {}
+    fields.update({name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None})
+    fields.update(method=method, parameters={**parameters, **given})
+    if args.models:
+        fields["models"] = list(args.models)
+    return MergeRecipe(**fields)
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    from hf_lwmm.recipe import RunOptions
+
+    return RunOptions(device=args.device or "auto", allow_pickle=bool(args.allow_pickle), overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_lwmm.merge import merge
+    from hf_lwmm.merge import check_output, merge
 
     recipe = recipe_from_args(args)
+    options = run_options(args)
     output = args.output or Path("merged")
+    check_output(output, recipe, options, name="--output")  # first: a refused output should cost nothing
     if args.push_to_hub:
         from hf_lwmm.commands.push import push_options
         from hf_lwmm.hub import check_push_target
@@ -98,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.commands.eval import evaluation_options, load_data
 
     eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge
-    result = merge(recipe, output, overwrite=args.overwrite, hub_repo=args.push_to_hub)
+    result = merge(recipe, output, options, hub_repo=args.push_to_hub)
     print(summary(result))
     if eval_data is not None:
         from hf_lwmm.evaluation.card_results import record_evaluation
@@ -112,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(result) -> str:
+def summary(result: MergeResult) -> str:
     """A few lines on what was merged, for the terminal."""
     labels = result.alignment.labels
     lines = [

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--bn-stats", choices=("gaussian", "anchor", "linear"), help="how BatchNorm statistics merge (default: gaussian)")
     group.add_argument("--models-per-pass", type=int, default=DEFAULT_MODELS_PER_PASS,
                        help=f"merged models held at once; each pass reads the data once (default: {DEFAULT_MODELS_PER_PASS})")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where sweep.json and sweep.png go (default: ./{DEFAULT_OUTPUT})")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"where sweep.json and sweep.png go (default: ./{DEFAULT_OUTPUT})")
     parser.set_defaults(run=run)
 
 
@@ -44,10 +45,10 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def parse_start_layers(text: str | None) -> list[int | str] | None:
+    """Comma-separated indices or names (each read by :func:`~hf_lwmm.schedules.resolve_start_layer`)."""
     if text is None:
         return None
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    return [int(part) if part.lstrip("-").isdigit() else part for part in parts] or None
+    return [part.strip() for part in text.split(",") if part.strip()] or None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from hf_lwmm.evaluation.runner import EvaluationReport, Predictor, RowResult, ev
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult
 
-    from hf_lwmm.merge import MergeResult
+    from hf_lwmm.result import MergeResult
 
 
 def dataset_id(source: DataSource) -> str:
@@ -20,7 +20,7 @@ def dataset_id(source: DataSource) -> str:
     return "/".join(path.parts[-2:]) if path.is_dir() else source.id
 
 
-def eval_result(source: DataSource, row: RowResult) -> "EvalResult":
+def eval_result(source: DataSource, row: RowResult) -> EvalResult:
     from huggingface_hub import EvalResult
 
     name = dataset_id(source)
@@ -29,7 +29,7 @@ def eval_result(source: DataSource, row: RowResult) -> "EvalResult":
                       metric_name="mean IoU", metric_value=row.mean_iou)
 
 
-def record_evaluation(result: "MergeResult", data: SegmentationData, **options: Any) -> EvaluationReport:
+def record_evaluation(result: MergeResult, data: SegmentationData, **options: Any) -> EvaluationReport:
     """Evaluate ``result.output_dir`` on ``data``, add the eval result to ``result`` and rewrite its card."""
     from hf_lwmm.card import write_card_files
 

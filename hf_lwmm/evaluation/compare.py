@@ -16,8 +16,8 @@ from typing import Any
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.data import SegmentationData
 from hf_lwmm.evaluation.runner import EvaluationReport, Predictor, evaluate_predictors
-from hf_lwmm.recipe import MergeRecipe
-from hf_lwmm.refs import ModelRef, resolve
+from hf_lwmm.recipe import MergeRecipe, RunOptions, find_anchor
+from hf_lwmm.refs import resolve
 
 
 @dataclass
@@ -31,9 +31,13 @@ class Comparison:
 
 def compare_models(models: Sequence[str], data: SegmentationData, *, anchor: str | None = None,
                    fisher_options: Mapping[str, Any] | None = None, layerwise_options: Mapping[str, Any] | None = None,
-                   evaluation: Mapping[str, Any] | None = None, progress: bool = True) -> Comparison:
+                   evaluation: Mapping[str, Any] | None = None, progress: bool = True,
+                   options: RunOptions | None = None) -> Comparison:
     """Evaluate every model, the ensemble, and the isotropic, Fisher (when ``fisher_options`` name data)
-    and layer-wise merges; ``evaluation`` holds extra :func:`evaluate_predictors` options."""
+    and layer-wise merges; ``evaluation`` holds extra :func:`evaluate_predictors` options.
+
+    ``fisher_options`` and ``layerwise_options`` are those methods' parameters; ``options``: how the merges run.
+    """
     if len(models) < 2:
         raise LwmmError(f"need at least two models to compare, got {len(models)}")
     evaluation = dict(evaluation or {})
@@ -41,27 +45,24 @@ def compare_models(models: Sequence[str], data: SegmentationData, *, anchor: str
     singles = [Predictor(name, (index,)) for index, name in enumerate(models)]
     ensemble = Predictor(f"ensemble of {len(models)}", tuple(range(len(models))))
     report = evaluate_predictors(folders, [*singles, ensemble], data, progress=progress, **evaluation)
-    anchor_name = _anchor_name(models, anchor) if anchor else max(singles, key=lambda p: report.row(p.name).mean_iou).name
+    if anchor:
+        anchor_name = models[find_anchor(list(models), anchor)]
+    else:
+        anchor_name = max(singles, key=lambda p: report.row(p.name).mean_iou).name
 
     recipes = {"isotropic merge": MergeRecipe(models=list(models), anchor=anchor_name, method="isotropic")}
     if fisher_options:
-        recipes["fisher merge"] = MergeRecipe(models=list(models), anchor=anchor_name, method="fisher", method_options=dict(fisher_options))
-    recipes["layer-wise merge"] = MergeRecipe(models=list(models), anchor=anchor_name, method="layerwise", **dict(layerwise_options or {}))
+        recipes["fisher merge"] = MergeRecipe(models=list(models), anchor=anchor_name, method="fisher", parameters=dict(fisher_options))
+    recipes["layer-wise merge"] = MergeRecipe(models=list(models), anchor=anchor_name, method="layerwise",
+                                              parameters=dict(layerwise_options or {}))
+    run = (options or RunOptions()).model_copy(update={"progress": progress})
     with tempfile.TemporaryDirectory(prefix="lwmm-compare-") as scratch:
         from hf_lwmm.merge import merge
 
-        merged = [(name, merge(recipe, Path(scratch) / name.replace(" ", "-"), progress=progress).output_dir) for name, recipe in recipes.items()]
+        merged = [(name, merge(recipe, Path(scratch) / name.replace(" ", "-"), run).output_dir) for name, recipe in recipes.items()]
         merged_report = evaluate_predictors(merged, [Predictor(name, (index,)) for index, (name, _) in enumerate(merged)], data,
                                             progress=progress, **evaluation)
     rows = [*report.rows[:-1], *merged_report.rows, report.rows[-1]]
     combined = EvaluationReport(report.source, report.class_names, report.samples, rows)
     return Comparison(combined, anchor_name, {name: recipe.to_dict() for name, recipe in recipes.items()})
 
-
-def _anchor_name(models: Sequence[str], anchor: str) -> str:
-    """The model reference (as given) that ``--anchor`` names."""
-    wanted = ModelRef.parse(anchor)
-    for name in models:
-        if ModelRef.parse(name) == wanted:
-            return name
-    raise LwmmError(f"--anchor {anchor}: not among the models being compared ({', '.join(models)})")

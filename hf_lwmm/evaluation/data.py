@@ -55,7 +55,7 @@ class SegmentationData:
     ignore_index: int = DEFAULT_IGNORE_INDEX
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples)  # type: ignore[arg-type]  # a map-style Dataset with __len__
 
 
 class PairedFolder(torch.utils.data.Dataset):
@@ -103,7 +103,7 @@ class Subset(torch.utils.data.Dataset):
     """The first ``count`` samples (``--max-samples``)."""
 
     def __init__(self, samples: torch.utils.data.Dataset, count: int) -> None:
-        self.samples, self.count = samples, min(count, len(samples))
+        self.samples, self.count = samples, min(count, len(samples))  # type: ignore[arg-type]  # map-style, sized
 
     def __len__(self) -> int:
         return self.count

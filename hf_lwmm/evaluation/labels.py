@@ -59,10 +59,10 @@ def model_to_dataset_classes(model_names: Sequence[str], dataset_names: Sequence
         if target is None:
             mapping[source] = NO_CLASS
             continue
-        found = _find(target, dataset_names)
-        if found is None:
+        target_index = _find(target, dataset_names)
+        if target_index is None:
             raise LwmmError(f"--label-map: {target!r} is not a dataset class ({', '.join(dataset_names)})")
-        mapping[source] = found
+        mapping[source] = target_index
     if (mapping == NO_CLASS).all():
         raise LwmmError(f"model {model}: none of its classes ({', '.join(model_names[:6])}…) is a dataset class "
                         f"({', '.join(dataset_names[:6])}…); give a --label-map file")

@@ -62,8 +62,9 @@ def pair_histogram(prediction: np.ndarray | torch.Tensor, reference: np.ndarray 
         raise ValueError(f"prediction of shape {tuple(prediction.shape)} against reference of shape {tuple(reference.shape)}")
     if not _pixel_count(prediction):
         return PairHistogram(np.zeros((0, 0), dtype=np.int64), 0, 0)
-    on_device = isinstance(prediction, torch.Tensor) and prediction.device.type != "cpu"
-    return (_histogram_on_device if on_device else _histogram_on_host)(prediction, reference)
+    if isinstance(prediction, torch.Tensor) and isinstance(reference, torch.Tensor) and prediction.device.type != "cpu":
+        return _histogram_on_device(prediction, reference)
+    return _histogram_on_host(np.asarray(prediction), np.asarray(reference))  # a CPU tensor is viewed, not copied
 
 
 def _histogram_on_host(prediction: np.ndarray, reference: np.ndarray) -> PairHistogram:
@@ -134,7 +135,8 @@ class PairCounts:
         rows, columns = self.counts.shape
         if rows == 0:
             self.reference_low, self.prediction_low = reference_range[0], prediction_range[0]
-            self.counts = np.zeros((reference_range[1] - reference_range[0] + 1, prediction_range[1] - prediction_range[0] + 1), dtype=np.int64)
+            shape = (reference_range[1] - reference_range[0] + 1, prediction_range[1] - prediction_range[0] + 1)
+            self.counts = np.zeros(shape, dtype=np.int64)
             return
         reference_low = min(self.reference_low, reference_range[0])
         prediction_low = min(self.prediction_low, prediction_range[0])
@@ -216,7 +218,8 @@ class MeanIoU(evaluate.Metric):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.num_process > 1:
-            raise ValueError("MeanIoU folds each batch into counts: gather predictions (e.g. accelerate's gather_for_metrics) instead of num_process > 1")
+            raise ValueError("MeanIoU folds each batch into counts: gather predictions (e.g. accelerate's gather_for_metrics) "
+                             "instead of num_process > 1")
         self.info.module_name = "mean_iou"
         self._pairs = PairCounts()
         self._examples = 0
@@ -273,14 +276,16 @@ class MeanIoU(evaluate.Metric):
 
     def _compute(self, *, num_labels: int, ignore_index: int | None, nan_to_num: float | None = None,
                  label_map: Mapping[int, int] | None = None, reduce_labels: bool = False) -> dict[str, Any]:
-        confusion = self._pairs.confusion(num_labels=num_labels, ignore_index=ignore_index, label_map=label_map, reduce_labels=reduce_labels)
+        confusion = self._pairs.confusion(num_labels=num_labels, ignore_index=ignore_index, label_map=label_map,
+                                          reduce_labels=reduce_labels)
         result = iou_from_confusion(confusion)
         if nan_to_num is not None:
             result = {name: _nan_replaced(value, nan_to_num) for name, value in result.items()}
         return result
 
 
-def _same_place(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+def _same_place(prediction: np.ndarray | torch.Tensor,
+                reference: np.ndarray | torch.Tensor) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
     """Both masks on the accelerator, or both as numpy arrays on the host."""
     if isinstance(reference, torch.Tensor) != isinstance(prediction, torch.Tensor):
         return _on_host(prediction), _on_host(reference)

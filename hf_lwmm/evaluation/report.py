@@ -97,14 +97,11 @@ def _nan_to_null(value: Any) -> Any:
 
 def bar_plot(path: Path, report: EvaluationReport, *, anchor: str) -> None:
     """mean IoU per row as bars, the anchor's level as a dashed line, the inference cost on each bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hf_lwmm.plotting import new_figure
 
     names = [row.name for row in report.rows]
     values = [100 * row.mean_iou for row in report.rows]
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4.0))
+    figure, axes = new_figure(max(6.0, 1.2 * len(names)), 4.0)
     bars = axes.bar(range(len(names)), values, color=["tab:orange" if name == anchor else "tab:blue" for name in names])
     axes.axhline(100 * report.row(anchor).mean_iou, color="tab:orange", linestyle="--", linewidth=1)
     for bar, row in zip(bars, report.rows):
@@ -114,4 +111,3 @@ def bar_plot(path: Path, report: EvaluationReport, *, anchor: str) -> None:
     axes.set_title(f"{dataset_name(report.source)} — cost relative to one model")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -143,20 +143,17 @@ def load_models(folders: Sequence[tuple[str, Path]], *, class_names: Sequence[st
     Returns the models, the distinct processors and the dataset class names (the first model's when
     the data names none).
     """
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+    from hf_lwmm.loading import load_segmentation_model
 
     loaded, processors, processor_keys = [], [], []
     for label, folder in folders:
-        try:
-            model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
-            processor = AutoImageProcessor.from_pretrained(folder)
-        except (OSError, ValueError, KeyError) as err:
-            raise LwmmError(f"model {label}: cannot be loaded as a semantic-segmentation model ({str(err).splitlines()[0]})") from None
+        model, processor = load_segmentation_model(folder, label=label)
         key = processor.to_json_string()
         if key not in processor_keys:
             processor_keys.append(key)
             processors.append(processor)
-        model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        id2label = {int(key): str(name) for key, name in (model.config.id2label or {}).items()}
+        model_names = [id2label[i] for i in range(len(id2label))]
         if class_names is None:
             class_names = model_names  # the data names no classes: its ids are the first model's
         mapping = model_to_dataset_classes(model_names, class_names, label_map=label_map, model=label)
@@ -203,7 +200,9 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
     with torch.inference_mode(), _one_line_from_workers():
         for batch in progress_bar(loader, desc="evaluating", unit="batch", enabled=progress and accelerator.is_local_main_process):
             for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
-                reference = batch["labels"] if covered[index] is None else torch.where(covered[index][batch["labels"].long().clamp(min=0)], batch["labels"], VOID)
+                reference = batch["labels"]
+                if covered[index] is not None:
+                    reference = torch.where(covered[index][reference.long().clamp(min=0)], reference, VOID)
                 predicted, reference = _gathered(accelerator, predicted.to(torch.int16), reference)
                 metrics[index].add_batch(predictions=predicted, references=reference)
     report = EvaluationReport(data.source, class_names, len(data))
@@ -273,7 +272,8 @@ def resize_to_labels(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
         return F.interpolate(logits, size=tuple(batch["labels"].shape[-2:]), mode="bilinear", align_corners=False)
     resized = torch.zeros((len(sizes), *batch["labels"].shape[-2:], logits.shape[1]), device=logits.device).permute(0, 3, 1, 2)
     for index, (height, width) in enumerate(sizes):
-        resized[index, :, :height, :width] = F.interpolate(logits[index : index + 1], size=(height, width), mode="bilinear", align_corners=False)[0]
+        resized[index, :, :height, :width] = F.interpolate(logits[index : index + 1], size=(height, width), mode="bilinear",
+                                                           align_corners=False)[0]
     return resized
 
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.evaluation.report import dataset_name, text_table
-from hf_lwmm.recipe import MergeRecipe
+from hf_lwmm.plotting import new_figure
+from hf_lwmm.recipe import MergeRecipe, RunOptions
 
 if TYPE_CHECKING:  # the runner pulls in transformers and evaluate: only when a sweep runs, not for `lwmm-hub --help`
     from hf_lwmm.evaluation.data import DataSource, SegmentationData
@@ -77,17 +78,11 @@ def point_name(alpha: float, start_layer: int) -> str:
     return f"layer-wise α={alpha:g} s={start_layer}"
 
 
-def shared_layers(models: Sequence[str], *, anchor: str | None = None) -> list[str]:
-    """The layers the models share, shallowest first: what start-layer indices count."""
-    from hf_lwmm.align import align
-    from hf_lwmm.io import open_weights
-    from hf_lwmm.layers import order_layers
-    from hf_lwmm.refs import resolve
+def shared_layers(models: Sequence[str], *, anchor: str | None = None, options: RunOptions | None = None) -> list[str]:
+    """The layers the models share, shallowest first: what start-layer indices count (from the merge plan)."""
+    from hf_lwmm.plan import plan_merge
 
-    recipe = MergeRecipe(models=list(models), anchor=anchor)
-    resolved = [resolve(ref) for ref in recipe.refs]
-    sources = [open_weights(model.folder, label=str(model.ref)) for model in resolved]
-    return order_layers(align(sources, [model.model_type for model in resolved], anchor=recipe.anchor_index).shared)
+    return plan_merge(MergeRecipe(models=list(models), anchor=anchor), options).layers
 
 
 def default_start_layers(num_layers: int, count: int = DEFAULT_START_COUNT) -> list[int]:
@@ -99,26 +94,28 @@ def default_start_layers(num_layers: int, count: int = DEFAULT_START_COUNT) -> l
 def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: str, alphas: Sequence[float],
                     start_layers: Sequence[int | str] | None = None, merge_options: Mapping[str, Any] | None = None,
                     evaluation: Mapping[str, Any] | None = None, models_per_pass: int = DEFAULT_MODELS_PER_PASS,
-                    progress: bool = True) -> SweepResult:
-    """Merge and evaluate every (α, start layer) of the grid, α-major; ``merge_options`` go to each recipe."""
-    from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
+                    progress: bool = True, options: RunOptions | None = None) -> SweepResult:
+    """Merge and evaluate every (α, start layer) of the grid, α-major.
 
+    ``merge_options``: other recipe fields of every merge (e.g. ``bn_stats``); ``options``: how the merges run.
+    """
+    from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
     from hf_lwmm.merge import merge
-    from hf_lwmm.plan import resolve_start_layer
+    from hf_lwmm.plan import plan_merge
     from hf_lwmm.refs import resolve
+    from hf_lwmm.schedules import resolve_start_layer
 
     if not alphas:
         raise LwmmError("--alphas: give at least one α")
     if models_per_pass < 1:
         raise LwmmError(f"--models-per-pass {models_per_pass}: must be at least 1")
-    layers = shared_layers(models, anchor=anchor)
+    base = MergeRecipe(models=list(models), anchor=anchor, method="layerwise", **dict(merge_options or {}))
+    run = (options or RunOptions()).model_copy(update={"progress": False})
+    layers = plan_merge(base, run).layers
     alphas = list(dict.fromkeys(float(alpha) for alpha in alphas))
     starts = list(dict.fromkeys(resolve_start_layer(start, layers) for start in (start_layers or default_start_layers(len(layers)))))
     grid = [(alpha, start) for alpha in alphas for start in starts]
-    recipes = [MergeRecipe(models=list(models), anchor=anchor, method="layerwise", alpha=alpha, start_layer=start, **dict(merge_options or {}))
-               for alpha, start in grid]
-    for recipe in recipes:
-        recipe.validate()
+    recipes = [base.replace(parameters={"alpha": alpha, "start_layer": start}) for alpha, start in grid]
     evaluation = dict(evaluation or {})
     anchor_entry = [(f"anchor {anchor}", resolve(anchor).folder)]
     anchor_result: RowResult | None = None
@@ -129,7 +126,8 @@ def sweep_layerwise(models: Sequence[str], data: SegmentationData, *, anchor: st
             with tempfile.TemporaryDirectory(prefix="lwmm-sweep-") as scratch:
                 entries = [] if anchor_result else list(anchor_entry)  # the anchor rides along in the first pass
                 for (alpha, start), recipe in chunk:
-                    entries.append((point_name(alpha, start), merge(recipe, Path(scratch) / f"alpha{alpha:g}-start{start}", progress=False).output_dir))
+                    folder = merge(recipe, Path(scratch) / f"alpha{alpha:g}-start{start}", run).output_dir
+                    entries.append((point_name(alpha, start), folder))
                     bar.update()
                 predictors = [Predictor(name, (index,)) for index, (name, _) in enumerate(entries)]
                 rows = evaluate_predictors(entries, predictors, data, progress=False, **evaluation).rows
@@ -152,18 +150,14 @@ def sweep_table(result: SweepResult) -> str:
             point = result.point(alpha, start)
             cells.append(f"{100 * point.result.mean_iou:.2f}" + ("*" if point is best else ""))
         rows.append(cells)
-    return "\n".join([f"mIoU %{data} of the layer-wise merge, by start layer (rows) and α (columns)", text_table(header, rows), f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
+    return "\n".join([f"mIoU %{data} of the layer-wise merge, by start layer (rows) and α (columns)", text_table(header, rows),
+                      f"anchor {result.anchor} alone: {100 * result.anchor_result.mean_iou:.2f}",
                       f"best (*): α={best.alpha:.3g}, start layer {best.start_layer} ({best.start_layer_name})"])
 
 
 def sweep_plot(path: Path, result: SweepResult, *, title: str | None = None) -> None:
     """mIoU against the start layer, one line per α, the anchor alone as a dashed line (Fig. 5 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    figure, axes = new_figure(7.0, 4.0)
     for alpha in result.alphas:
         values = [100 * result.point(alpha, start).result.mean_iou for start in result.start_layers]
         axes.plot(result.start_layers, values, marker="o", label=f"α = {alpha:.3g}")
@@ -177,4 +171,3 @@ def sweep_plot(path: Path, result: SweepResult, *, title: str | None = None) -> 
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -111,7 +111,7 @@ class SafetensorsSource(TensorSource):
         if entry.file not in self._handles:
             self._handles[entry.file] = open(entry.file, "rb", buffering=0)
         buffer = self._buffer(name, into)
-        view, done = memoryview(buffer.numpy()), 0
+        view, done = buffer.numpy().data, 0
         while done < size:
             read = os.preadv(self._handles[entry.file].fileno(), [view[done:]], entry.start + done)
             if read <= 0:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import torch
 
-from hf_lwmm.errors import LwmmError
+from hf_lwmm.errors import FieldError
 from hf_lwmm.io.reader import DTYPE_NAMES, TensorInfo
 from hf_lwmm.refs import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
 
@@ -26,7 +26,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 def parse_size(size: str | int, *, name: str = "max_shard_size") -> int:
     """``"5GB"`` → 5·10⁹ bytes, as transformers' ``max_shard_size`` reads it; the one parser of sizes.
 
-    Raises :class:`~hf_lwmm.errors.LwmmError` naming ``name`` for anything but a positive size.
+    Raises :class:`~hf_lwmm.errors.FieldError` naming ``name`` for anything but a positive size.
     """
     match = _SIZE.match(size) if isinstance(size, str) else None
     if isinstance(size, int) and not isinstance(size, bool):
@@ -34,9 +34,9 @@ def parse_size(size: str | int, *, name: str = "max_shard_size") -> int:
     elif match:
         count = int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
     else:
-        raise LwmmError(f"{name} {size!r}: not a size (use e.g. 500MB, 5GB or 2GiB)")
-    if count <= 0:
-        raise LwmmError(f"{name} {size!r}: must be more than 0 bytes")
+        raise FieldError(name, f"{size!r}: not a size (use e.g. 500MB, 5GB or 2GiB)")
+    if count < 1:
+        raise FieldError(name, f"{size!r}: must be at least one byte")
     return count
 
 
@@ -63,6 +63,14 @@ def _split_into_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[li
     return shards
 
 
+def shard_layout(infos: list[TensorInfo], max_shard_bytes: int) -> list[tuple[str, list[TensorInfo]]]:
+    """Output file names (transformers' shard naming) and the tensors each holds, in order."""
+    shards = _split_into_shards(infos, max_shard_bytes)
+    count = len(shards)
+    names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    return list(zip(names, shards))
+
+
 class ShardedSafetensorsWriter:
     """Write tensors in a planned order into one or more safetensors files.
 
@@ -70,13 +78,11 @@ class ShardedSafetensorsWriter:
     ``sha256`` maps each written file name to the hash of its bytes, computed while writing.
     """
 
-    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB", metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, plan: list[TensorInfo], *, max_shard_size: str | int = "5GB",
+                 metadata: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.metadata = {"format": "pt", **(metadata or {})}
-        shards = _split_into_shards(plan, parse_size(max_shard_size))
-        count = len(shards)
-        names = [SAFETENSORS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        self._queue = [(name, shard) for name, shard in zip(names, shards)]
+        self._queue = shard_layout(plan, parse_size(max_shard_size))
         self._expected = iter([info for _, shard in self._queue for info in shard])
         self._shard_left: list[TensorInfo] = []
         self._handle: BinaryIO | None = None
@@ -87,7 +93,7 @@ class ShardedSafetensorsWriter:
         self._hasher = ThreadPoolExecutor(max_workers=1)
         self._hashed: Future[None] | None = None
 
-    def __enter__(self) -> "ShardedSafetensorsWriter":
+    def __enter__(self) -> ShardedSafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -108,7 +114,7 @@ class ShardedSafetensorsWriter:
             self._open_next_shard()
         self._shard_left.pop(0)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._emit(memoryview(data))
+        self._emit(data.data)
         if not self._shard_left:
             self._close_shard()
 

@@ -1,66 +1,110 @@
-"""The interface every merge method implements, and the registry that lists them."""
+"""The interface every merge method implements, its typed parameters, and the registry that lists them.
+
+A method declares its parameters as a frozen, strict pydantic model (:class:`MethodParameters`); the
+recipe validates them, the ``merge`` command makes one flag per field, and the card describes them
+from the same declaration (each field's ``description``).
+
+Layering: methods import only pure modules (:mod:`hf_lwmm.schedules`, :mod:`hf_lwmm.methods.functional`,
+:mod:`hf_lwmm.errors`); the recipe, the planner and the executor import the methods, never the reverse.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from hf_lwmm.errors import LwmmError
 from hf_lwmm.methods.functional import weighted_average
 
 if TYPE_CHECKING:
     from hf_lwmm.align import Alignment
-    from hf_lwmm.plan import LayerWeights
-    from hf_lwmm.recipe import MergeRecipe
     from hf_lwmm.refs import ResolvedModel
+    from hf_lwmm.schedules import LayerWeights
 
-METHODS: dict[str, type["MergeMethod"]] = {}
+METHODS: dict[str, type[MergeMethod]] = {}
+Method = TypeVar("Method", bound="type[MergeMethod]")
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 
-def register_method(cls: type["MergeMethod"]) -> type["MergeMethod"]:
+def register_method(cls: Method) -> Method:
     METHODS[cls.name] = cls
     return cls
+
+
+class MethodParameters(BaseModel):
+    """A method's own parameters: frozen, strict (no ``"0.5"`` → 0.5 coercion), no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def check_models(self, count: int) -> None:
+        """Checks that need the number of models (raise :class:`~hf_lwmm.errors.RecipeError`)."""
+
+
+class NoParameters(MethodParameters):
+    """A method without parameters."""
+
+
+def shares_read_buffer(function: Function) -> Function:
+    """Mark a ``merge_tensor`` that folds each copy in before drawing the next (a running weighted sum).
+
+    Only such a function may receive every model's copy in one reused read buffer; any other
+    ``merge_tensor`` (including an override in a subclass) receives a fresh tensor per model.
+    """
+    function.shares_read_buffer = True  # type: ignore[attr-defined]
+    return function
 
 
 class MergeMethod(ABC):
     """Decides each model's weight per layer, and how one shared tensor is combined."""
 
     name: ClassVar[str]
-    #: one line for the model card
+    #: one line for the model card and the help
     summary: ClassVar[str]
+    #: the parameters this method takes (the recipe's ``parameters``)
+    Parameters: ClassVar[type[MethodParameters]] = NoParameters
+    #: the per-layer weight rule as a formula for the card (``None``: the same weights in every layer)
+    formula: ClassVar[str | None] = None
+    #: the paper the method comes from, cited in the card
+    citation: ClassVar[str | None] = None
+    #: what the values :meth:`describe` adds beyond the parameters mean (for the card)
+    derived: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, recipe: "MergeRecipe") -> None:
-        self.recipe = recipe
-
-    #: whether ``--weights`` is "forbidden", "optional" or "required" for this method
-    weights_option: ClassVar[str] = "forbidden"
+    def __init__(self, parameters: MethodParameters, *, num_models: int, anchor: int) -> None:
+        if not isinstance(parameters, self.Parameters):
+            raise TypeError(f"{self.name} takes {self.Parameters.__name__}, not {type(parameters).__name__}")
+        self.parameters = parameters
+        self.num_models = num_models
+        self.anchor = anchor
 
     @classmethod
-    def validate_recipe(cls, recipe: "MergeRecipe") -> None:
-        """Reject options that make no sense for this method (called before any model is read)."""
-        if recipe.weights is not None and cls.weights_option == "forbidden":
-            raise LwmmError(f"--weights: not used by --method {cls.name} (only by methods with per-model weights, e.g. linear)")
-        if recipe.weights is None and cls.weights_option == "required":
-            raise LwmmError(f"--method {cls.name} needs --weights (one per model, non-negative, summing to 1)")
-
-    def prepare(self, models: list["ResolvedModel"], alignment: "Alignment") -> None:
-        """Gather what the method needs beyond the weights (e.g. Fisher information)."""
+    def reads_shared_buffer(cls) -> bool:
+        """Whether :meth:`merge_tensor` opted into the shared read buffer (see :func:`shares_read_buffer`)."""
+        return bool(getattr(cls.merge_tensor, "shares_read_buffer", False))
 
     @abstractmethod
-    def layer_weights(self, layers: list[str], *, anchor: int) -> list["LayerWeights"]:
+    def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
         """Weights of every model for each shared layer."""
 
-    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-        """Combine one shared floating tensor; the default is the weighted average.
+    def prepare(self, models: list[ResolvedModel], alignment: Alignment, *, device: torch.device, progress: bool) -> None:
+        """Gather what the method needs beyond the weights (e.g. Fisher information); runs in the executor."""
 
-        ``tensors`` yields each model's copy lazily, all in one buffer: a copy is valid only until the
-        next is drawn, so fold each in before moving on (copy it to keep it).
+    @shares_read_buffer
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """Combine one shared floating tensor (``tensors`` yields each model's copy); default: the weighted average.
+
+        An override receives fresh tensors (its own to keep or modify) unless it is marked with
+        :func:`shares_read_buffer`.
         """
         return weighted_average(tensors, weights)
 
     def describe(self, layers: list[str]) -> dict[str, object]:
-        """Method parameters recorded in the card."""
-        return {}
+        """The parameters as applied to these layers (defaults resolved), recorded in the card."""
+        return self.parameters.model_dump()
+
+
+def parameter_help(method: type[MergeMethod], name: str) -> str:
+    """The description a method declares for one of its parameters."""
+    return method.Parameters.model_fields[name].description or ""

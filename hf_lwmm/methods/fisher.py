@@ -14,22 +14,21 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field, field_validator
 
 from hf_lwmm.console import progress_bar
-from hf_lwmm.errors import LwmmError
-from hf_lwmm.methods.base import MergeMethod, register_method
+from hf_lwmm.errors import RecipeError
+from hf_lwmm.methods.base import MergeMethod, MethodParameters, register_method, shares_read_buffer
 from hf_lwmm.methods.functional import fisher_weighted_average
-from hf_lwmm.plan import LayerWeights, constant_weights
+from hf_lwmm.methods.linear import check_model_weights, check_weight_count
+from hf_lwmm.schedules import LayerWeights, constant_weights
 
 if TYPE_CHECKING:
     from hf_lwmm.align import Alignment
     from hf_lwmm.evaluation.data import SegmentationData
-    from hf_lwmm.recipe import MergeRecipe
     from hf_lwmm.refs import ResolvedModel
 
 DEFAULT_SAMPLES = 32
-#: method_options this method reads: images, how many, and which split of a multi-split dataset
-OPTIONS = ("fisher_data", "fisher_samples", "fisher_split")
 
 
 def diagonal_fisher(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -51,21 +50,19 @@ def diagonal_fisher(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> d
                 totals[name] += parameter.grad.float().square()
         count += 1
     if not count:
-        raise LwmmError("--fisher-data: no images to estimate the Fisher information on")
+        raise RecipeError("fisher_data", "no images to estimate the Fisher information on")
     model.zero_grad(set_to_none=True)
     return {name: total / count for name, total in totals.items()}
 
 
-def model_fisher(model: "ResolvedModel", data: "SegmentationData", *, device: torch.device, progress: bool) -> dict[str, torch.Tensor]:
+def model_fisher(model: ResolvedModel, data: SegmentationData, *, device: torch.device, progress: bool) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of a model folder on ``data``'s images, keyed by the tensor names of its files."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
     from transformers.core_model_loading import revert_weight_conversion
 
-    try:
-        network = AutoModelForSemanticSegmentation.from_pretrained(model.folder).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(model.folder)
-    except (OSError, ValueError, KeyError) as err:
-        raise LwmmError(f"model {model.ref}: cannot be loaded to estimate its Fisher ({str(err).splitlines()[0]})") from None
+    from hf_lwmm.loading import load_segmentation_model
+
+    network, processor = load_segmentation_model(model.folder, label=str(model.ref))
+    torch.nn.Module.to(network, device)  # in place (transformers' typed ``to`` wrapper confuses mypy)
     images = (processor(images=[data.samples[index].image], return_tensors="pt")["pixel_values"].to(device)
               for index in progress_bar(range(len(data)), desc=f"fisher {model.ref}", unit="image", enabled=progress))
     fisher = diagonal_fisher(network, images)
@@ -73,57 +70,73 @@ def model_fisher(model: "ResolvedModel", data: "SegmentationData", *, device: to
     return {name: tensor.cpu() for name, tensor in revert_weight_conversion(network, fisher).items()}
 
 
+class FisherParameters(MethodParameters):
+    fisher_data: str = Field(description="unlabelled target-domain images the Fisher is estimated on: "
+                                         "a Hub dataset id, a datasets folder or a folder with images/")
+    fisher_samples: int = Field(DEFAULT_SAMPLES, description="images to estimate each model's Fisher on")
+    fisher_split: str | None = Field(None, description="split of a multi-split dataset (default: the only one, else validation)")
+    weights: list[float] | None = Field(None, description="per-model weights λᵢ of the Fisher average (default: uniform)")
+
+    @field_validator("fisher_data")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty: name the unlabelled images of the target domain")
+        return value
+
+    @field_validator("fisher_samples")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value}: must be a positive integer")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _valid_weights(cls, value: list[float] | None) -> list[float] | None:
+        return None if value is None else check_model_weights(value)
+
+    def check_models(self, count: int) -> None:
+        check_weight_count(self.weights, count)
+
+
 @register_method
 class FisherMerge(MergeMethod):
     name = "fisher"
-    summary = "Fisher merging: per-element average weighted by each model's diagonal Fisher information (Matena & Raffel, 2022)"
-    weights_option = "optional"
+    summary = "Fisher merging: per-element average weighted by each model's diagonal Fisher information"
+    Parameters = FisherParameters
+    citation = "Matena & Raffel, *Merging Models with Fisher-Weighted Averaging*, NeurIPS 2022 (arXiv:2111.09832)"
+    derived = {"fisher_labels": "the labels whose log-likelihood gradients the Fisher squares"}
 
-    def __init__(self, recipe: "MergeRecipe") -> None:
-        super().__init__(recipe)
+    def __init__(self, parameters: MethodParameters, *, num_models: int, anchor: int) -> None:
+        super().__init__(parameters, num_models=num_models, anchor=anchor)
         self.fishers: list[dict[str, torch.Tensor]] = []
 
-    @classmethod
-    def validate_recipe(cls, recipe: "MergeRecipe") -> None:
-        super().validate_recipe(recipe)
-        options = recipe.method_options
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise LwmmError(f"method option {unknown[0]!r}: unknown for --method fisher (known: {', '.join(OPTIONS)})")
-        if not options.get("fisher_data"):
-            raise LwmmError("--method fisher needs --fisher-data DATA (unlabelled images of the target domain)")
-        samples = options.get("fisher_samples", DEFAULT_SAMPLES)
-        if not isinstance(samples, int) or samples < 1:
-            raise LwmmError(f"--fisher-samples {samples}: must be a positive integer")
-
     @property
-    def samples(self) -> int:
-        return int(self.recipe.method_options.get("fisher_samples", DEFAULT_SAMPLES))
+    def options(self) -> FisherParameters:
+        assert isinstance(self.parameters, FisherParameters)
+        return self.parameters
 
-    def layer_weights(self, layers: list[str], *, anchor: int) -> list[LayerWeights]:
-        """Per-model weights λᵢ of the Fisher average: ``--weights`` when given, else uniform."""
-        count = len(self.recipe.models)
-        return constant_weights(layers, list(self.recipe.weights) if self.recipe.weights else [1.0 / count] * count)
+    def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
+        """Per-model weights λᵢ of the Fisher average: ``weights`` when given, else uniform."""
+        weights = self.options.weights or [1.0 / self.num_models] * self.num_models
+        return constant_weights(layers, list(weights))
 
-    def prepare(self, models: list["ResolvedModel"], alignment: "Alignment") -> None:
+    def prepare(self, models: list[ResolvedModel], alignment: Alignment, *, device: torch.device, progress: bool) -> None:
         from hf_lwmm.align import canonical_name
         from hf_lwmm.evaluation.data import load_segmentation_data
-        from hf_lwmm.system import resolve_device
 
-        options = self.recipe.method_options
-        data = load_segmentation_data(str(options["fisher_data"]), split=options.get("fisher_split"), labelled=False,
-                                      max_samples=self.samples)
-        device = resolve_device(self.recipe.device)
+        data = load_segmentation_data(self.options.fisher_data, split=self.options.fisher_split, labelled=False,
+                                      max_samples=self.options.fisher_samples)
         self.fishers = []
         for model in models:
-            fisher = model_fisher(model, data, device=device, progress=True)
+            fisher = model_fisher(model, data, device=device, progress=progress)
             self.fishers.append({canonical_name(name, model.model_type): tensor for name, tensor in fisher.items()})
 
+    @shares_read_buffer
     def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """Fisher-weighted average; a tensor without gradient (a buffer) has zero Fisher, i.e. the plain λ-average."""
         return fisher_weighted_average(tensors, (fisher.get(key) for fisher in self.fishers), weights)
 
     def describe(self, layers: list[str]) -> dict[str, Any]:
-        options = self.recipe.method_options
-        return {"fisher_data": str(options["fisher_data"]), "fisher_split": options.get("fisher_split"),
-                "fisher_samples": self.samples, "fisher_labels": "argmax prediction per pixel"}
+        return {**self.options.model_dump(), "fisher_labels": "argmax prediction per pixel"}

@@ -29,7 +29,8 @@ def weighted_average(tensors: Iterable[torch.Tensor], weights: torch.Tensor | Se
     return total
 
 
-def gaussian_bn_stats(means: list[torch.Tensor], variances: list[torch.Tensor], weights: torch.Tensor | list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_bn_stats(means: list[torch.Tensor], variances: list[torch.Tensor],
+                      weights: torch.Tensor | list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Moments of the mixture of per-model Gaussians N(μᵢ, σᵢ²) with mixing weights wᵢ.
 
     μ = Σ wᵢμᵢ and σ² = Σ wᵢ(σᵢ² + μᵢ²) − μ², clamped at 0 against rounding.

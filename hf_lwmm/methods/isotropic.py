@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from hf_lwmm.methods.base import MergeMethod, register_method
-from hf_lwmm.plan import LayerWeights, constant_weights
+from hf_lwmm.schedules import LayerWeights, constant_weights
 
 
 @register_method
 class IsotropicMerge(MergeMethod):
     name = "isotropic"
-    summary = "isotropic merging: uniform mean of every shared tensor"
+    summary = "isotropic merging: uniform mean of every shared tensor, the same in every layer"
 
-    def layer_weights(self, layers: list[str], *, anchor: int) -> list[LayerWeights]:
-        count = len(self.recipe.models)
-        return constant_weights(layers, [1.0 / count] * count)
+    def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
+        return constant_weights(layers, [1.0 / self.num_models] * self.num_models)

@@ -200,7 +200,8 @@ def build_zoo(settings: BuildSettings) -> list[ZooEntry]:
 
 def zoo_table(entries: list[ZooEntry]) -> str:
     """A plain-text table: one row per model with its classes, head width, training time and both mIoUs."""
-    header = f"{'model':<24} {'role':<18} {'strategy':<17} {'cls':>3} {'head':>4} {'params':>7} {'train':>7} {'day/test':>8} {'dusk/val':>8}"
+    header = (f"{'model':<24} {'role':<18} {'strategy':<17} {'cls':>3} {'head':>4} {'params':>7} {'train':>7} "
+              f"{'day/test':>8} {'dusk/val':>8}")
     rows = [header, "-" * len(header)]
     for entry in entries:
         minutes = f"{entry.train_seconds / 60:.1f}m"

@@ -9,9 +9,9 @@ seeds per step, so a resumed run sees exactly the batches an uninterrupted one w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

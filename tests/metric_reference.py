@@ -1,4 +1,4 @@
-"""The Hub ``mean_iou`` algorithm, image by image: the specification :class:`MeanIoU` is checked against.
+"""The Hub ``mean_iou`` algorithm, image by image: the specification ``hf_lwmm.evaluation.metric.MeanIoU`` is checked against.
 
 Tests and ``scripts/bench_metric.py`` compare the streaming metric with these functions (same values,
 bit for bit) and :class:`PerImageMeanIoU` (the same algorithm behind ``evaluate``'s storage of every

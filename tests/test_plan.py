@@ -1,0 +1,165 @@
+"""Plan, then execute: the plan reads no weight bytes, refuses unrelated architectures, and methods get fresh tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+
+from hf_lwmm import MergeRecipe, RunOptions, execute, merge, plan_merge
+from hf_lwmm.errors import IncompatibleModelsError
+from hf_lwmm.io.reader import SafetensorsSource
+from hf_lwmm.methods import METHODS, shares_read_buffer
+from hf_lwmm.methods.isotropic import IsotropicMerge
+from hf_lwmm.plan import Rule
+
+from helpers import make_tiny_segformer
+
+QUIET = RunOptions(progress=False)
+MID = "segformer.encoder.block.3.0.mlp.dense1.weight"
+
+
+def test_plan_reads_no_weight_bytes_then_execute_streams_it(tiny_models, tmp_path, monkeypatch):
+    def no_reads(*args, **kwargs):
+        raise AssertionError("weight bytes read while planning")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SafetensorsSource, "get", no_reads)
+        patch.setattr(os, "preadv", no_reads)
+        plan = plan_merge(MergeRecipe(models=tiny_models, parameters={"alpha": 0.5, "start_layer": 4}, dtype="float16"))
+    assert len(plan.layers) == 19 and plan.layers[4] == "block.1.0" and plan.method_parameters["start_layer"] == 4
+    rules = {tensor.key: tensor for tensor in plan.tensors}
+    assert rules["encoder.block.3.0.mlp.dense1.weight"].rule is Rule.METHOD
+    assert rules["decode_head.batch_norm.running_var"].rule is Rule.GAUSSIAN_VARIANCE
+    assert rules["decode_head.batch_norm.running_mean"].rule is Rule.AVERAGE
+    assert rules["decode_head.batch_norm.num_batches_tracked"].rule is Rule.ANCHOR  # integer: the anchor's
+    assert rules["encoder.block.3.0.mlp.dense1.weight"].output.dtype == torch.float16
+    assert rules["encoder.patch_embeddings.0.proj.weight"].weights == (0.5, 0.25, 0.25)
+    assert plan.merged_tensors == 123 and plan.anchor_tensors == 1
+    assert [name for name, _ in plan.shards] == ["model.safetensors"]
+
+    result = execute(plan, tmp_path / "out", QUIET)
+    sources = [load_file(m / "model.safetensors")[MID] for m in tiny_models]
+    weight = plan.layer_weights[plan.layers.index("block.3.0")].weights
+    expected = sum(w * t for w, t in zip(weight, sources)).half()
+    torch.testing.assert_close(load_file(tmp_path / "out" / "model.safetensors")[MID], expected)
+    assert result.files == ["README.md", "config.json", "lwmm_recipe.yaml", "lwmm_weights.png", "model.safetensors",
+                            "preprocessor_config.json"]
+
+
+def test_plan_lays_out_shards(tiny_models):
+    plan = plan_merge(MergeRecipe(models=tiny_models, max_shard_size="10KB"))
+    assert len(plan.shards) > 3 and all(sum(info.nbytes for info in infos) <= 10_000 or len(infos) == 1 for _, infos in plan.shards)
+    assert [info.name for _, infos in plan.shards for info in infos] == [tensor.output.name for tensor in plan.tensors]
+
+
+def _fake_model(folder, model_type: str, prefix: str):
+    """A tiny transformer-ish folder: config with a model type, safetensors whose names coincide after the prefix."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    generator = torch.Generator().manual_seed(len(model_type))
+    save_file({f"{prefix}.encoder.layer.0.attention.self.query.weight": torch.randn(8, 8, generator=generator),
+               f"{prefix}.encoder.layer.0.output.dense.weight": torch.randn(8, 8, generator=generator)},
+              folder / "model.safetensors")
+    return folder
+
+
+def test_unrelated_architectures_are_refused_naming_both(tmp_path):
+    bert, vit = _fake_model(tmp_path / "bert", "bert", "bert"), _fake_model(tmp_path / "vit", "vit", "vit")
+    with pytest.raises(IncompatibleModelsError) as caught:
+        plan_merge(MergeRecipe(models=[bert, vit], method="isotropic"))
+    message = str(caught.value)
+    assert f"{bert} (bert)" in message and f"{vit} (vit)" in message and "backbone family (glpn, segformer)" in message
+    # the same pair with one type: the tensors align (proof that only the types stop the merge above)
+    other = _fake_model(tmp_path / "bert2", "bert", "bert")
+    assert len(plan_merge(MergeRecipe(models=[bert, other], method="isotropic")).alignment.shared) == 2
+
+
+class MedianMerge(IsotropicMerge):
+    """A median written the usual way: it keeps every copy it is given."""
+
+    name = "median-test"
+    seen: list[torch.Tensor] = []
+
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        copies = list(tensors)
+        MedianMerge.seen = copies
+        return torch.stack(copies).median(dim=0).values
+
+
+class SharingMerge(IsotropicMerge):
+    """A running weighted sum that opted into the shared read buffer."""
+
+    name = "sharing-test"
+    pointers: set[int] = set()
+
+    @shares_read_buffer
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(())
+        for tensor, weight in zip(tensors, weights.tolist()):
+            SharingMerge.pointers.add(tensor.data_ptr())
+            total = total + weight * tensor
+        return total
+
+
+def test_custom_methods_receive_fresh_tensors_unless_they_opt_in(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, MedianMerge.name, MedianMerge)
+    monkeypatch.setitem(METHODS, SharingMerge.name, SharingMerge)
+    assert not MedianMerge.reads_shared_buffer() and SharingMerge.reads_shared_buffer() and IsotropicMerge.reads_shared_buffer()
+    merge(MergeRecipe(models=tiny_models, method=MedianMerge.name), tmp_path / "median", QUIET)
+    sources = torch.stack([load_file(m / "model.safetensors")[MID] for m in tiny_models])
+    torch.testing.assert_close(load_file(tmp_path / "median" / "model.safetensors")[MID], sources.median(dim=0).values,
+                               rtol=0, atol=0)
+    assert len({tensor.data_ptr() for tensor in MedianMerge.seen}) == 3  # three buffers, not one overwritten thrice
+
+    merge(MergeRecipe(models=tiny_models, method=SharingMerge.name), tmp_path / "shared", QUIET)
+    assert len(SharingMerge.pointers) == 1  # every copy of every tensor read into the one buffer
+    torch.testing.assert_close(load_file(tmp_path / "shared" / "model.safetensors")[MID], sources.mean(dim=0))
+
+
+def test_card_describes_each_method_from_its_declaration(tmp_path):
+    from PIL import Image
+
+    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    (tmp_path / "images" / "images").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (10, 120, 200)).save(tmp_path / "images" / "images" / "0.png")
+    parameters = {"layerwise": {"alpha": 0.4}, "isotropic": {}, "linear": {"weights": [0.25, 0.75]},
+                  "fisher": {"fisher_data": str(tmp_path / "images"), "fisher_samples": 1}}
+    cards = {}
+    for method, values in parameters.items():
+        merge(MergeRecipe(models=models, method=method, parameters=values), tmp_path / method, QUIET)
+        cards[method] = ModelCard.load(tmp_path / method / "README.md").text
+        assert f"lwmm-hub merge --recipe lwmm_recipe.yaml --output {method}" in cards[method]
+    formula = "λa(l) = α + (1 − α)(l − s)/(L − s)"
+    assert formula in cards["layerwise"] and all(formula not in cards[m] for m in ("isotropic", "linear", "fisher"))
+    assert "| `alpha` | `0.4` | anchor weight α in the early layers" in cards["layerwise"]
+    assert "| `start_layer` | `9` |" in cards["layerwise"]
+    assert "| `weights` | `[0.25, 0.75]` | per-model weights" in cards["linear"]
+    assert "isotropic merging: uniform mean of every shared tensor" in cards["isotropic"] and "| parameter |" not in cards["isotropic"]
+    fisher = cards["fisher"]
+    assert "Fisher merging: per-element average weighted by each model's diagonal Fisher information" in fisher
+    assert "Matena & Raffel, *Merging Models with Fisher-Weighted Averaging*, NeurIPS 2022" in fisher
+    assert f"| `fisher_data` | `{tmp_path / 'images'}` |" in fisher and "| `fisher_samples` | `1` |" in fisher
+    assert "Matena" not in cards["layerwise"]
+
+
+def test_fisher_merge_replays_from_its_recipe(tmp_path):
+    from PIL import Image
+
+    from hf_lwmm.cli import main
+
+    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    (tmp_path / "images" / "images").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (200, 20, 90)).save(tmp_path / "images" / "images" / "0.png")
+    first = merge(MergeRecipe(models=models, method="fisher", parameters={"fisher_data": str(tmp_path / "images"), "fisher_samples": 1}),
+                  tmp_path / "one", QUIET)
+    assert main(["merge", "--recipe", str(tmp_path / "one" / "lwmm_recipe.yaml"), "--output", str(tmp_path / "two")]) == 0
+    assert load_file(tmp_path / "two" / "model.safetensors").keys() == load_file(tmp_path / "one" / "model.safetensors").keys()
+    from hf_lwmm.hub import sha256_of
+
+    assert {"model.safetensors": sha256_of(tmp_path / "two" / "model.safetensors")} == first.sha256
