@@ -15,6 +15,7 @@ import torch
 
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import LwmmError
+from hf_lwmm.io.output import check_output_folder
 from hf_lwmm.merge import MergeResult, merge
 from hf_lwmm.methods import METHODS
 from hf_lwmm.recipe import MergeRecipe, RunOptions
@@ -77,9 +78,8 @@ def run_demo(output: Path, *, overwrite: bool = False, methods: Sequence[str] | 
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
         raise LwmmError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise LwmmError(f"--output {output}: exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(output, overwrite=overwrite)
+    if output.exists():
         shutil.rmtree(output)
     rows = []
     with progress_bar(total=1 + len(methods), desc="demo", unit="step", enabled=progress) as bar:

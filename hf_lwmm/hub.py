@@ -18,6 +18,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from hf_lwmm.card import CARD_NAME
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import sha256_of, weights_sha256
 from hf_lwmm.recipe import RECIPE_NAME, RunOptions, pinned_source, read_recipe_document, recipe_of_document
@@ -37,6 +38,8 @@ class PushOptions:
 
     private: bool = False
     revision: str | None = None
+    #: create ``revision`` from main when it is not a branch yet (otherwise a missing branch is an error)
+    create_branch: bool = False
     commit_message: str | None = None
     collection: str | None = None
 
@@ -47,6 +50,8 @@ class PushOptions:
             words.append("--private")
         if self.revision:
             words += ["--revision", self.revision]
+        if self.create_branch:
+            words.append("--create-branch")
         if self.commit_message:
             words += ["--commit-message", self.commit_message]
         if self.collection:
@@ -109,20 +114,84 @@ def default_commit_message(document: dict[str, Any]) -> str:
     return f"Add {document['recipe'].get('method', 'lwmm')} merge of {count} models (lwmm-hub)"
 
 
-def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> PushResult:
-    """Create the repo if needed and upload the merged folder in one commit; optionally file it in a collection."""
-    folder = Path(folder)
+def check_repo_id(repo_id: str) -> None:
+    """Refuse, before any work, a target that is not a Hub repo id ``namespace/name``."""
     if not is_repo_id(repo_id):
         raise LwmmError(f"repo {repo_id!r}: expected a Hub repo id 'namespace/name' (use --revision for a branch)")
+
+
+def verify_weights(folder: Path, names: list[str], document: dict[str, Any]) -> None:
+    """Every weights file matches the sha256 the merge recorded in the recipe (and the card shows)."""
+    recorded = document.get("weights_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise LwmmError(f"{folder}: {RECIPE_NAME} records no weights_sha256; merge again to push a verifiable folder")
+    weights = [name for name in names if name.endswith(".safetensors")]
+    if sorted(weights) != sorted(recorded):
+        extra = sorted(set(weights) ^ set(recorded))[0]
+        raise LwmmError(f"{folder}: {extra} is {'not recorded in' if extra in weights else 'missing but recorded in'} "
+                        f"{RECIPE_NAME}; the folder was changed after the merge")
+    card = (folder / CARD_NAME).read_text(errors="replace") if (folder / CARD_NAME).is_file() else ""
+    for name in weights:
+        if sha256_of(folder / name) != recorded[name]:
+            raise LwmmError(f"{folder / name}: its sha256 differs from the one recorded in {RECIPE_NAME}; the weights were "
+                            "changed after the merge (merge again, or restore them)")
+        if card and recorded[name] not in card:
+            raise LwmmError(f"{folder / CARD_NAME}: does not record the sha256 of {name}; the card was changed after the merge")
+
+
+def _target_branch(api: HfApi, repo_id: str, options: PushOptions) -> tuple[str, bool]:
+    """The branch to commit to and whether it must be created; refuses a tag and a missing branch not asked for."""
+    revision = (options.revision or MAIN_BRANCH).removeprefix("refs/heads/")
+    try:
+        refs = api.list_repo_refs(repo_id)
+        branches, tags = {ref.name for ref in refs.branches}, {ref.name for ref in refs.tags}
+    except RepositoryNotFoundError:
+        branches, tags = {MAIN_BRANCH}, set()  # a new repo starts with main only
+    if revision in tags or revision.startswith("refs/"):
+        raise LwmmError(f"--revision {revision}: is {'a tag' if revision in tags else 'a ref'} of {repo_id}, not a branch; commits go to "
+                        "branches (choose another name)")
+    if revision in branches:
+        return revision, False
+    if not options.create_branch:
+        raise LwmmError(f"--revision {revision}: {repo_id} has no such branch (pass --create-branch to create it from main)")
+    return revision, True
+
+
+def check_push_target(repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> None:
+    """Before any long work (``merge --push-to-hub``): the repo id, the token, and the target branch."""
+    check_repo_id(repo_id)
+    api = HfApi(token=require_token(token))
+    try:
+        _target_branch(api, repo_id, options)
+    except LwmmError:
+        raise
+    except Exception as err:  # HTTP or network failure: one line
+        raise LwmmError(f"push to {repo_id}: {describe_hub_error(err)}") from err
+
+
+def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions(), *, token: str | None = None) -> PushResult:
+    """Create the repo if needed and upload the merged folder in one commit; optionally file it in a collection.
+
+    The weights are first checked against the sha256 the merge recorded; nothing is uploaded otherwise.
+    """
+    folder = Path(folder)
+    check_repo_id(repo_id)
     names = files_to_push(folder)
     document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
+    verify_weights(folder, names, document)
     api = HfApi(token=require_token(token))
-    revision = options.revision or MAIN_BRANCH
     retry = options.retry_command(folder, repo_id)
     try:
+        revision, new_branch = _target_branch(api, repo_id, options)
+    except LwmmError:
+        raise
+    except Exception as err:
+        raise LwmmError(f"push to {repo_id} failed: {describe_hub_error(err)}. The merged model is intact in {folder}; "
+                        f"retry with: {retry}") from err
+    try:
         api.create_repo(repo_id, private=options.private, exist_ok=True)
-        if revision != MAIN_BRANCH:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        if new_branch:
+            api.create_branch(repo_id, branch=revision)
         head = api.repo_info(repo_id, revision=revision).sha
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in names]
         commit = api.create_commit(repo_id, operations, commit_message=options.commit_message or default_commit_message(document),

@@ -1,9 +1,9 @@
 """Execute a merge plan: stream tensor by tensor → write → configs → card, recipe and plot.
 
 :func:`execute` is one streaming loop over :attr:`MergePlan.tensors <hf_lwmm.plan.MergePlan.tensors>`:
-read each model's copy, combine by the tensor's rule, write. Everything goes into a temporary sibling
-of the output folder, renamed into place only when complete, so a failed merge leaves nothing half-written.
-:func:`merge` is plan + execute.
+read each model's copy, combine by the tensor's rule, write. Everything goes into a staging folder
+beside the output (:func:`hf_lwmm.io.output.staged_folder`), renamed into place only when complete, so a
+failed or killed merge leaves nothing half-written. :func:`merge` is check the output + plan + execute.
 
 Layering: the top of the merge pipeline (imports the planner, the card and the writer); the commands,
 evaluation and experiments import it.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import torch
 
 from hf_lwmm.card import write_card_files
 from hf_lwmm.console import progress_bar
-from hf_lwmm.errors import CorruptWeightsError, LwmmError
+from hf_lwmm.errors import CorruptWeightsError
 from hf_lwmm.io import ShardedSafetensorsWriter
+from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
 from hf_lwmm.plan import MergePlan, Rule, TensorPlan, plan_merge
 from hf_lwmm.recipe import MergeRecipe, RunOptions
@@ -30,7 +30,7 @@ from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME
 from hf_lwmm.result import MergeResult
 from hf_lwmm.system import resolve_device
 
-__all__ = ["MergeResult", "execute", "merge"]
+__all__ = ["MergeResult", "check_output", "execute", "merge"]
 
 #: reads each model's copy of a tensor (file names by model index), into a shared buffer when one is given
 Copies = Callable[[dict[int, str], "torch.Tensor | None"], Iterator[torch.Tensor]]
@@ -38,41 +38,43 @@ Copies = Callable[[dict[int, str], "torch.Tensor | None"], Iterator[torch.Tensor
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
           hub_repo: str | None = None) -> MergeResult:
-    """Plan the recipe and execute the plan into ``output_dir`` (a stock transformers model folder with its card)."""
+    """Plan the recipe and execute the plan into ``output_dir`` (a stock transformers model folder with its card).
+
+    The output folder and the device are checked first: a refused output costs no download and no planning.
+    """
     options = options or RunOptions()
-    prepare_output_dir(Path(output_dir), overwrite=options.overwrite)  # before resolving: a refused output costs nothing
+    check_output(output_dir, recipe, options)
+    resolve_device(options.device)
     return execute(plan_merge(recipe, options), output_dir, options, hub_repo=hub_repo)
 
 
-def prepare_output_dir(output_dir: Path, *, overwrite: bool) -> None:
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        if not overwrite:
-            raise LwmmError(f"--output {output_dir}: exists and is not empty (pass --overwrite to replace it)")
+def check_output(output_dir: str | Path, recipe: MergeRecipe, options: RunOptions, *, name: str = "output_dir") -> None:
+    """Refuse, before any work, an output folder that would lose data: one not empty (unless ``options.overwrite``),
+    or one that is, contains or lies inside a local model of the recipe. ``name`` names the argument in the error."""
+    local_models = [ref.path for ref in recipe.refs if ref.path is not None]
+    check_output_folder(Path(output_dir), overwrite=options.overwrite, inputs=local_models, name=name)
 
 
 def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None = None, *,
             hub_repo: str | None = None) -> MergeResult:
     """Stream the plan into ``output_dir``: weights, configs, then the card, recipe and plot.
 
-    ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
+    ``output_dir`` may not be, contain or lie inside a model folder of the plan, nor be a non-empty folder
+    unless ``options.overwrite``. ``hub_repo`` is where the folder will be pushed, so that the card's usage
+    snippet names it.
     """
     options = options or RunOptions()
     output_dir = Path(output_dir)
-    prepare_output_dir(output_dir, overwrite=options.overwrite)
+    check_output_folder(output_dir, overwrite=options.overwrite, inputs=[model.folder for model in plan.models],
+                        name="output_dir")
     device = resolve_device(options.device)
     plan.method.prepare(plan.models, plan.alignment, device=device, progress=options.progress)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir, overwrite=options.overwrite) as staging:
         sha256 = write_weights(plan, staging, device=device, progress=options.progress)
         _copy_configs(plan.models[plan.anchor].folder, staging, plan.recipe.dtype)
         result = MergeResult(plan, output_dir, sha256, hub_repo=hub_repo)
         write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())
-        _move_into_place(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 
@@ -128,15 +130,4 @@ def _copy_configs(anchor_folder: Path, folder: Path, dtype: str | None) -> None:
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if (anchor_folder / PREPROCESSOR_NAME).is_file():
         shutil.copyfile(anchor_folder / PREPROCESSOR_NAME, folder / PREPROCESSOR_NAME)
-
-
-def _move_into_place(staging: Path, output_dir: Path) -> None:
-    if output_dir.exists():
-        retired = output_dir.with_name(f".{output_dir.name}.lwmm-old")
-        shutil.rmtree(retired, ignore_errors=True)
-        output_dir.rename(retired)
-        staging.rename(output_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output_dir)
 

@@ -144,11 +144,9 @@ class MergeRecipe(BaseModel):
     @classmethod
     def _shard_size(cls, value: str) -> str:
         try:
-            size = parse_size(value)
-        except ValueError:
-            raise ValueError(f"{value!r}: not a size (use e.g. 500MB, 5GB)") from None
-        if size < 1:
-            raise ValueError(f"{value!r}: must be at least one byte")
+            parse_size(value)
+        except FieldError as err:
+            raise RecipeError("max_shard_size", err.problem) from None
         return value
 
     @model_validator(mode="after")

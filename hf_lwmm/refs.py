@@ -180,6 +180,8 @@ def _checked(ref: ModelRef, folder: Path, *, commit: str | None) -> ResolvedMode
         raise LwmmError(f"model {ref}: no {CONFIG_NAME} in {folder}")
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
         raise LwmmError(f"model {ref}: unreadable {CONFIG_NAME} ({err})") from None
+    if not isinstance(config, dict):
+        raise LwmmError(f"model {ref}: {CONFIG_NAME} is a JSON {type(config).__name__}, not an object of settings")
     return ResolvedModel(ref=ref, folder=folder, commit=commit, config=config)

@@ -1,16 +1,17 @@
 """What this process may use of the machine: CPU cores, and the device the merge math runs on.
 
-Layering: a bottom module (imports only :mod:`hf_lwmm.errors`).
+Layering: a bottom module (imports only :mod:`hf_lwmm.errors`; torch when a device is resolved).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from hf_lwmm.errors import RunOptionError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def usable_cores() -> int:
@@ -19,18 +20,25 @@ def usable_cores() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` lets accelerate pick the accelerator (CUDA, MPS, XPU…) or the CPU; a named one must exist."""
+    """The torch device named ``name``, checked to exist on this machine; ``auto`` lets accelerate pick the
+    accelerator (CUDA, MPS, XPU…) or the CPU."""
+    import torch
+
     if name == "auto":
         from accelerate import PartialState
 
         return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())).device
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise RunOptionError("device", f"{name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
-    available: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in available and not available[device.type]():
-        raise RunOptionError("device", f"{name!r}: no such device on this machine (use auto or cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RunOptionError("device", f"{name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise RunOptionError("device", f"{name!r}: no {device.type} device on this machine (use cpu, or auto to pick what is there)")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise RunOptionError("device", f"{name!r}: this machine has {count()} {device.type} device(s)")
     return device

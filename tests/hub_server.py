@@ -598,12 +598,16 @@ class HubApp:
         return Response.of_json(entries)
 
     def refs(self, request: Request, match: re.Match) -> Response:
+        """Branches, tags and converts; pull requests (none here) only with ``include_prs``, as the Hub lists them."""
         repo = self._repo(request, match)
-        return Response.of_json({
+        listing: dict[str, Any] = {
             "branches": [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid} for name, oid in repo.branches.items()],
+            "converts": [],
             "tags": [{"name": name, "ref": f"refs/tags/{name}", "targetCommit": oid} for name, oid in repo.tags.items()],
-            "converts": [], "pullRequests": [],
-        })
+        }
+        if request.flag("include_prs"):
+            listing["pullRequests"] = []
+        return Response.of_json(listing)
 
     def commits(self, request: Request, match: re.Match) -> Response:
         repo = self._repo(request, match)

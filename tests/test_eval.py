@@ -231,3 +231,23 @@ def test_image_and_label_of_different_sizes_are_one_line(tmp_path, capsys):
     samples[0] = (samples[0][0][:, :20], samples[0][1])
     data = write_paired_folder(tmp_path / "data", samples)
     assert "frame_000.png: image is 20×18 but its label is 26×18" in error_line(capsys, str(model), "--dataset", str(data))
+
+
+def test_output_json_into_a_missing_folder_creates_it(tmp_path):
+    model = make_tiny_segformer(tmp_path / "model")
+    data = write_paired_folder(tmp_path / "data", tiny_samples(count=2))
+    result = run_eval(str(model), "--dataset", str(data), output=tmp_path / "new" / "folder" / "result.json")
+    assert result["samples"] == 2 and result["rows"][0]["mean_iou"] == pytest.approx(single_model_miou(model, data), abs=1e-12)
+
+
+def test_pickle_weights_are_evaluated_only_with_allow_pickle(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    model = make_tiny_segformer(tmp_path / "model")
+    data = write_paired_folder(tmp_path / "data", tiny_samples(count=2))
+    expected = run_eval(str(model), "--dataset", str(data), output=tmp_path / "safetensors.json")["rows"][0]["mean_iou"]
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    assert "--allow-pickle" in error_line(capsys, str(model), "--dataset", str(data))
+    allowed = run_eval(str(model), "--dataset", str(data), "--allow-pickle", output=tmp_path / "pickle.json")
+    assert allowed["rows"][0]["mean_iou"] == expected

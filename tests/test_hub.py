@@ -204,7 +204,7 @@ def test_failed_push_keeps_the_output_and_names_the_retry_command(hub: HubServer
     capfd.readouterr()
     repo_id, message = f"{hub.user}/failed-commit", f"merge of {len(models)} tiny models"
     hub.fail_next(1, matching=r"^POST /api/models/.*/commit/")  # the client does not retry a commit
-    assert lwmm("push", output, repo_id, "--revision", "experiments", "--commit-message", message) == 2
+    assert lwmm("push", output, repo_id, "--revision", "experiments", "--create-branch", "--commit-message", message) == 2
     err = capfd.readouterr().err.strip().splitlines()[-1]  # above it: the client's progress bars
     assert err.startswith(f"lwmm-hub push: error: push to {repo_id} failed: HTTP 500")
     assert f"The merged model is intact in {output}" in err
@@ -231,3 +231,59 @@ def test_offline_merge_uses_the_warm_cache_and_explains_a_cold_one(hub: HubServe
     capfd.readouterr()
     assert lwmm("merge", *sources.refs, "--output", tmp_path / "cold") == 2
     assert f"model {sources.refs[0]}: not in the local Hugging Face cache and the Hub cannot be reached (offline)" in capfd.readouterr().err
+
+
+def test_push_verifies_the_recorded_sha256_and_refuses_tags_and_unasked_branches(hub: HubServer, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                                  capfd: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    output = tmp_path / "out"
+    assert lwmm("merge", *models, "--output", output) == 0
+    repo_id = f"{hub.user}/verified"
+
+    def refused(*argv: str | Path) -> str:
+        capfd.readouterr()
+        assert lwmm(*argv) == 2
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lwmm-hub push: error: "), lines
+        return lines[0]
+
+    weights = output / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped after the merge
+    assert "model.safetensors: its sha256 differs from the one recorded in lwmm_recipe.yaml" in refused("push", output, repo_id)
+    weights.write_bytes(original)
+    assert not hub.requests_to(r"^(POST|PUT) ")  # nothing was created or uploaded
+
+    api = HfApi()
+    api.create_repo(repo_id)
+    tagged = api.repo_info(repo_id).sha
+    api.create_tag(repo_id, tag="v2")
+    assert "--revision v2: is a tag of" in refused("push", output, repo_id, "--revision", "v2")
+    assert "--revision dev: " in refused("push", output, repo_id, "--revision", "dev")
+    assert "--create-branch" in refused("push", output, repo_id, "--revision", "dev")
+    refs = api.list_repo_refs(repo_id)
+    assert [b.name for b in refs.branches] == ["main"] and [(t.name, t.target_commit) for t in refs.tags] == [("v2", tagged)]
+
+    assert lwmm("push", output, repo_id, "--revision", "dev", "--create-branch") == 0
+    assert sorted(b.name for b in api.list_repo_refs(repo_id).branches) == ["dev", "main"]
+    assert api.repo_info(repo_id, revision="v2").sha == tagged  # the tag still names the model it tagged
+    assert api.hf_hub_download(repo_id, "model.safetensors", revision="dev") and api.list_repo_commits(repo_id, revision="dev")[0].title.startswith("Add")
+
+
+def test_bad_push_repo_is_refused_before_the_merge(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capfd: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    assert lwmm("merge", *models, "--output", tmp_path / "out", "--push-to-hub", "a/b/c") == 2
+    assert "repo 'a/b/c': expected a Hub repo id" in capfd.readouterr().err
+    assert not (tmp_path / "out").exists() and not hub.requests
+
+    repo_id = f"{hub.user}/tagged"
+    HfApi().create_repo(repo_id)
+    HfApi().create_tag(repo_id, tag="v1")
+    for revision, message in [("v1", "--revision v1: is a tag of"), ("dev", "--revision dev: ")]:
+        assert lwmm("merge", *models, "--output", tmp_path / "out", "--push-to-hub", repo_id, "--revision", revision) == 2
+        assert message in capfd.readouterr().err
+        assert not (tmp_path / "out").exists()

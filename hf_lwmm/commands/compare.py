@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.console import note
     from hf_lwmm.evaluation.compare import compare_models
     from hf_lwmm.evaluation.report import bar_plot, comparison_table, per_class_table, write_json
+    from hf_lwmm.io.output import check_output_dir
 
+    check_output_dir(args.output_dir, name="--output-dir")  # before the evaluation, not after it
     layerwise = {"alpha": args.alpha, "start_layer": args.start_layer}
     fisher = {"fisher_data": args.fisher_data, "fisher_samples": args.fisher_samples} if args.fisher_data else {}
     comparison = compare_models(args.models, load_data(args), anchor=args.anchor,

@@ -11,6 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+#: formats the plot is saved in, by file suffix
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from hf_lwmm.diff import DEFAULT_EPSILON, DEFAULT_TAUS
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tau", type=float, nargs="+", default=list(DEFAULT_TAUS),
                         help=f"relative-difference thresholds (default: {' '.join(map(str, DEFAULT_TAUS))})")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"floor of the denominator (default: {DEFAULT_EPSILON:g})")
-    parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG")
+    parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG (or SVG, PDF)")
     parser.add_argument("--json", type=Path, help="write the per-layer counts and fractions to this JSON file")
     parser.add_argument("--allow-pickle", action="store_true", help="read local pytorch_model.bin files")
     parser.set_defaults(run=run)
@@ -29,9 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_lwmm.console import note
     from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
+    from hf_lwmm.io.output import check_output_file
     from hf_lwmm.plan import plan_merge
     from hf_lwmm.recipe import MergeRecipe, RunOptions
 
+    if args.plot:
+        check_output_file(args.plot, name="--plot", suffixes=PLOT_SUFFIXES)
+    if args.json:
+        check_output_file(args.json, name="--json")
     plan = plan_merge(MergeRecipe(models=args.models, method="isotropic"), RunOptions(allow_pickle=args.allow_pickle))
     discrepancy = model_discrepancy(plan, taus=args.tau, epsilon=args.epsilon)
     print(discrepancy_table(discrepancy))

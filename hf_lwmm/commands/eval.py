@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(parser, flag="--dataset", required=True)
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the mean-softmax ensemble of all models")
     parser.add_argument("--output-json", type=Path, help="write the results to this JSON file")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load local pytorch_model.bin files (torch.load with weights_only=True)")
     parser.set_defaults(run=run)
 
 
@@ -61,13 +63,24 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.console import note
     from hf_lwmm.evaluation.report import per_class_table, write_json
     from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
+    from hf_lwmm.io import open_weights
+    from hf_lwmm.io.output import check_output_file
     from hf_lwmm.refs import resolve
 
-    models = [(name, resolve(name).folder) for name in args.models]
+    if args.output_json:
+        check_output_file(args.output_json, name="--output-json")  # before the evaluation, not after it
+    resolved = [resolve(name) for name in args.models]
+    for model in resolved:  # one line for corrupt weights or an unconsented pickle, before transformers reads them
+        open_weights(model.folder, label=str(model.ref), allow_pickle=args.allow_pickle and model.ref.is_local)
+    models = [(name, model.folder) for name, model in zip(args.models, resolved)]
     predictors = [Predictor(name, (index,)) for index, name in enumerate(args.models)]
     if args.ensemble:
         predictors.append(Predictor(f"ensemble of {len(models)}", tuple(range(len(models)))))
     report = evaluate_predictors(models, predictors, load_data(args), **evaluation_options(args))
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch` every process holds the same gathered report
+        return 0
     print(per_class_table(report))
     if args.output_json:
         write_json(args.output_json, report)

@@ -133,15 +133,17 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_lwmm.merge import merge
+    from hf_lwmm.merge import check_output, merge
 
     recipe = recipe_from_args(args)
     options = run_options(args)
     output = args.output or Path("merged")
+    check_output(output, recipe, options, name="--output")  # first: a refused output should cost nothing
     if args.push_to_hub:
-        from hf_lwmm.hub import require_token
+        from hf_lwmm.commands.push import push_options
+        from hf_lwmm.hub import check_push_target
 
-        require_token()  # before the merge: a missing token should not cost a merge
+        check_push_target(args.push_to_hub, push_options(args))  # a bad repo, token or branch should not cost a merge
     from hf_lwmm.commands.eval import evaluation_options, load_data
 
     eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge
@@ -153,7 +155,6 @@ def run(args: argparse.Namespace) -> int:
 
         print(per_class_table(record_evaluation(result, eval_data, **evaluation_options(args))))
     if args.push_to_hub:
-        from hf_lwmm.commands.push import push_options
         from hf_lwmm.hub import push_folder
 
         print(push_folder(result.output_dir, args.push_to_hub, push_options(args)).summary())

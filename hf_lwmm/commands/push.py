@@ -25,7 +25,8 @@ def add_push_options(parser: argparse.ArgumentParser, *, with_repo_flag: bool = 
     if with_repo_flag:
         group.add_argument("--push-to-hub", metavar="REPO", help="push the merged folder to this Hub repo in one commit")
     group.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
-    group.add_argument("--revision", help="branch to commit to (created from main when missing; default: main)")
+    group.add_argument("--revision", help="branch to commit to (default: main); a tag is refused")
+    group.add_argument("--create-branch", action="store_true", help="create the --revision branch from main when missing")
     group.add_argument("--commit-message", help="commit title (default: names the method and the number of models)")
     group.add_argument("--collection", metavar="SLUG_OR_TITLE",
                        help="add the repo to this collection: a slug, 'namespace/Title' or a title (created when missing)")
@@ -34,8 +35,8 @@ def add_push_options(parser: argparse.ArgumentParser, *, with_repo_flag: bool = 
 def push_options(args: argparse.Namespace):
     from hf_lwmm.hub import PushOptions
 
-    return PushOptions(private=args.private, revision=args.revision, commit_message=args.commit_message,
-                       collection=args.collection)
+    return PushOptions(private=args.private, revision=args.revision, create_branch=args.create_branch,
+                       commit_message=args.commit_message, collection=args.collection)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_lwmm.console import note
     from hf_lwmm.evaluation.sweep import sweep_layerwise, sweep_plot, sweep_table
+    from hf_lwmm.io.output import check_output_dir
 
     if len(args.models) < 2:
         raise LwmmError(f"need at least two models to sweep merges of, got {len(args.models)}")
+    check_output_dir(args.output_dir, name="--output-dir")  # before the evaluation, not after it
     result = sweep_layerwise(args.models, load_data(args), anchor=args.anchor or args.models[0], alphas=parse_alphas(args.alphas),
                              start_layers=parse_start_layers(args.start_layers),
                              merge_options={"bn_stats": args.bn_stats} if args.bn_stats else None,

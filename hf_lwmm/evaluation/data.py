@@ -69,8 +69,18 @@ class PairedFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image_path = self.images[index]
-        label = read_label(Image.open(self.labels[index]), where=str(self.labels[index])) if self.labels else None
-        return checked_sample(Image.open(image_path), label, name=str(image_path))
+        label = read_label(open_image(self.labels[index]), where=str(self.labels[index])) if self.labels else None
+        return checked_sample(open_image(image_path), label, name=str(image_path))
+
+
+def open_image(path: Path) -> Image.Image:
+    """The decoded image at ``path``; a corrupt or truncated file is an error naming it."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable, truncated or malformed files
+        raise LwmmError(f"{path}: not a readable image ({_first_line(err)})") from None
+    return image
 
 
 class TableSamples(torch.utils.data.Dataset):
@@ -128,6 +138,8 @@ def checked_sample(image: Any, label: np.ndarray | None, *, name: str) -> Sample
 def load_segmentation_data(spec: str, *, split: str | None = None, image_column: str | None = None,
                            label_column: str | None = None, labelled: bool = True, max_samples: int | None = None) -> SegmentationData:
     """Open ``spec``: a plain ``images/`` + ``labels/`` folder, a local ``datasets`` folder, or a Hub dataset id."""
+    if max_samples is not None and max_samples < 1:
+        raise LwmmError(f"max_samples {max_samples}: must be at least 1")
     path = Path(spec).expanduser()
     if path.is_dir() and _paired_root(path, split) is not None:
         data = _load_paired_folder(path, split=split, labelled=labelled)

@@ -80,7 +80,8 @@ def comparison_table(report: EvaluationReport, *, anchor: str) -> str:
 
 
 def write_json(path: Path, report: EvaluationReport, **extra: Any) -> None:
-    """The report (with any extra top-level fields); NaN figures are written as null."""
+    """The report (with any extra top-level fields); NaN figures are written as null. Missing folders are created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(_nan_to_null({**report.to_dict(), **extra}), indent=2, default=str) + "\n")
 
 

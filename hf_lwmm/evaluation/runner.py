@@ -9,7 +9,8 @@ several GPUs shards the data and ``gather_for_metrics`` gives the same numbers a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def evaluate_predictors(models: Sequence[tuple[str, Path]], predictors: Sequence
     covered = [_covered_mask(loaded, predictor, len(class_names), accelerator.device) for predictor in predictors]
     metrics = [MeanIoU() for _ in predictors]
     image_confusions: list[list[np.ndarray]] = [[] for _ in predictors]
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_line_from_workers():
         for batch in progress_bar(loader, desc="evaluating", unit="batch", enabled=progress and accelerator.is_local_main_process):
             for index, predicted in _predictions(loaded, predictors, batch, len(class_names)):
                 reference = batch["labels"]
@@ -234,6 +235,19 @@ def per_image_confusions(predicted: torch.Tensor, reference: torch.Tensor, num_c
     pairs = reference.clamp(min=0) * (num_classes + 1) + predicted
     counts = [torch.bincount(pair[mask], minlength=num_classes * (num_classes + 1)) for pair, mask in zip(pairs, valid)]
     return torch.stack(counts).reshape(-1, num_classes, num_classes + 1).cpu().numpy()
+
+
+@contextmanager
+def _one_line_from_workers() -> Iterator[None]:
+    """A bad sample found by a reading worker process stays one line (the loader re-raises it with the
+    worker's whole traceback as its message)."""
+    try:
+        yield
+    except LwmmError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1:
+            raise LwmmError(lines[-1].split(": ", 1)[-1]) from None
+        raise
 
 
 def _covered_mask(models: list[LoadedModel], predictor: Predictor, num_classes: int, device: torch.device) -> torch.Tensor | None:
@@ -290,11 +304,18 @@ def resize_to_labels(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
 
 
 def _gathered(accelerator: Any, predicted: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both masks from every process (padded to a common size with void), without the last batch's repeats."""
+    """Both masks from every process (padded to a common size with void), without the last batch's repeats.
+
+    Across processes the masks travel as int32: neither gloo (CPU) nor NCCL can gather int16.
+    """
+    if accelerator.num_processes == 1:
+        return predicted, reference
+    predicted, reference = predicted.to(torch.int32), reference.to(torch.int32)
     for dim in (1, 2):
         predicted = accelerator.pad_across_processes(predicted, dim=dim, pad_index=0)
         reference = accelerator.pad_across_processes(reference, dim=dim, pad_index=VOID)
-    return accelerator.gather_for_metrics((predicted, reference))
+    predicted, reference = accelerator.gather_for_metrics((predicted, reference))
+    return predicted.to(torch.int16), reference.to(torch.int16)
 
 
 def _row(predictor: Predictor, result: dict[str, Any], class_names: list[str]) -> RowResult:

@@ -96,6 +96,9 @@ class SafetensorsSource(TensorSource):
         self._entries: dict[str, _Entry] = {}
         for file in files:
             for entry in _read_header(label, file):
+                if entry.info.name in self._entries:
+                    raise CorruptWeightsError(f"model {label}: tensor {entry.info.name!r} is stored twice "
+                                              f"({self._entries[entry.info.name].file.name}, {file.name})")
                 self._entries[entry.info.name] = entry
         self._handles: dict[Path, BinaryIO] = {}  # one open file per shard, closed with the source
         super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
@@ -154,19 +157,47 @@ def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> Ten
 
 
 def _shards_of_index(label: str, index: Path) -> list[Path]:
+    """The shard files an index names, each checked to lie inside the model folder.
+
+    A name with ``..``, an absolute path, or a symbolic link leading out of the folder is refused (in
+    the Hugging Face cache a snapshot's files link into the repo's own ``blobs/``, which is allowed).
+    """
+    where = f"model {label}: {index.name}"
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CorruptWeightsError(f"model {label}: unreadable {index.name} ({err.__class__.__name__})") from None
-    shards = [index.parent / name for name in dict.fromkeys(weight_map.values())]
-    missing = [shard.name for shard in shards if not shard.is_file()]
-    if missing:
-        raise CorruptWeightsError(f"model {label}: shard {missing[0]} listed in {index.name} is missing")
+        names = list(dict.fromkeys(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptWeightsError(f"{where} is unreadable ({err.__class__.__name__})") from None
+    if not names or not all(isinstance(name, str) for name in names):
+        raise CorruptWeightsError(f"{where}: 'weight_map' must map tensor names to shard file names")
+    root = _containing_root(index.parent)
+    shards = []
+    for name in names:
+        relative = Path(name)
+        if not name or relative.is_absolute() or ".." in relative.parts or "\\" in name:
+            raise CorruptWeightsError(f"{where}: shard {name!r} is not a file name inside the model folder")
+        shard = index.parent / relative
+        if not shard.is_file():
+            raise CorruptWeightsError(f"model {label}: shard {name} listed in {index.name} is missing")
+        if root not in shard.resolve().parents:
+            raise CorruptWeightsError(f"{where}: shard {name!r} is a link leading out of the model folder")
+        shards.append(shard)
     return shards
 
 
+def _containing_root(folder: Path) -> Path:
+    """The folder a model's files must resolve into: the folder itself, or its Hub cache repo folder."""
+    resolved = folder.resolve()
+    for parent in [resolved, *resolved.parents]:
+        if parent.parent.name == "snapshots" and parent.parent.parent.name.startswith("models--"):
+            return parent.parent.parent
+    return resolved
+
+
 def _read_header(label: str, file: Path) -> list[_Entry]:
-    """Parse and validate a safetensors header so corrupt files fail before anything is written."""
+    """Parse and validate a safetensors header as strictly as the safetensors library does, so that
+    corrupt files fail before anything is written: the tensors must tile the data buffer exactly, in
+    order (no overlap, no gap, no trailing bytes), each with a known dtype and a size matching its shape."""
     where = f"model {label}: {file.name}"
     size = file.stat().st_size
     with open(file, "rb") as handle:
@@ -176,30 +207,56 @@ def _read_header(label: str, file: Path) -> list[_Entry]:
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
             raise CorruptWeightsError(f"{where} is truncated or not a safetensors file (header length {header_len})")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptWeightsError(f"{where} has a corrupt header") from None
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys) if raw[:1] == b"{" else None
+    except (UnicodeDecodeError, ValueError):
+        header = None
     if not isinstance(header, dict):
         raise CorruptWeightsError(f"{where} has a corrupt header")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptWeightsError(f"{where}: '__metadata__' must map strings to strings")
     data_start = 8 + header_len
     entries = []
     for name, meta in header.items():
-        if name == "__metadata__":
-            continue
         try:
             dtype = SAFETENSORS_DTYPES[meta["dtype"]]
-            shape = tuple(int(dim) for dim in meta["shape"])
-            begin, end = (int(offset) for offset in meta["data_offsets"])
+            shape = tuple(_natural(dim) for dim in meta["shape"])
+            begin, end = (_natural(offset) for offset in meta["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CorruptWeightsError(f"{where}: tensor {name!r} has a corrupt header entry") from None
         info = TensorInfo(name, dtype, shape)
-        if end - begin != info.nbytes or begin < 0:
-            raise CorruptWeightsError(f"{where}: tensor {name!r} has inconsistent offsets")
-        if data_start + end > size:
-            raise CorruptWeightsError(f"{where} is truncated (tensor {name!r} ends past the end of the file)")
+        if end - begin != info.nbytes:
+            raise CorruptWeightsError(f"{where}: tensor {name!r} has {end - begin} bytes of data for its "
+                                      f"{meta['dtype']}{list(shape)} ({info.nbytes} bytes)")
         entries.append(_Entry(info, file, data_start + begin, data_start + end))
+    entries.sort(key=lambda entry: (entry.start, entry.stop))
+    covered = data_start
+    for entry in entries:
+        if entry.start != covered:
+            fault = "overlaps the tensor before it" if entry.start < covered else "leaves a gap before it"
+            raise CorruptWeightsError(f"{where}: tensor {entry.info.name!r} {fault} in the data buffer")
+        covered = entry.stop
+    if covered > size:
+        raise CorruptWeightsError(f"{where} is truncated (the data ends {covered - size} bytes past the end of the file)")
+    if covered < size:
+        raise CorruptWeightsError(f"{where} has {size - covered} trailing bytes after the tensor data")
     return entries
+
+
+def _natural(value: object) -> int:
+    """A JSON integer ≥ 0 (not a bool, a float or a string of digits)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
 
 
 def _load_pickle(label: str, folder: Path, file: Path) -> TensorSource:

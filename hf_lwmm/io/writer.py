@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import torch
 
+from hf_lwmm.errors import FieldError
 from hf_lwmm.io.reader import DTYPE_NAMES, TensorInfo
 from hf_lwmm.refs import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
 
@@ -22,14 +23,21 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def parse_size(size: str | int) -> int:
-    """``"5GB"`` → 5·10⁹ bytes, as transformers' ``max_shard_size`` reads it."""
-    if isinstance(size, int):
-        return size
-    match = _SIZE.match(size)
-    if not match:
-        raise ValueError(f"not a size: {size!r} (use e.g. 500MB, 5GB)")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+def parse_size(size: str | int, *, name: str = "max_shard_size") -> int:
+    """``"5GB"`` → 5·10⁹ bytes, as transformers' ``max_shard_size`` reads it; the one parser of sizes.
+
+    Raises :class:`~hf_lwmm.errors.FieldError` naming ``name`` for anything but a positive size.
+    """
+    match = _SIZE.match(size) if isinstance(size, str) else None
+    if isinstance(size, int) and not isinstance(size, bool):
+        count = size
+    elif match:
+        count = int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+    else:
+        raise FieldError(name, f"{size!r}: not a size (use e.g. 500MB, 5GB or 2GiB)")
+    if count < 1:
+        raise FieldError(name, f"{size!r}: must be at least one byte")
+    return count
 
 
 def _header_bytes(infos: list[TensorInfo], metadata: dict[str, str]) -> bytes:
