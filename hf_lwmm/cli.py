@@ -9,7 +9,7 @@ import sys
 from hf_lwmm.errors import LwmmError
 
 #: modules under hf_lwmm.commands, each with ``register(subparsers)``; listed in help order
-COMMANDS = ("merge", "align", "eval", "compare", "sweep", "diff", "demo", "push", "reproduce")
+COMMANDS = ("merge", "align", "convert", "eval", "compare", "sweep", "diff", "demo", "push", "reproduce")
 
 EXAMPLES = """examples:
   lwmm-hub demo                                    offline demo on small built-in models

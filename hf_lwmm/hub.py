@@ -15,18 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from hf_lwmm.card import CARD_NAME
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import sha256_of, weights_sha256
 from hf_lwmm.recipe import RECIPE_NAME, RunOptions, pinned_source, read_recipe_document, recipe_of_document
-from hf_lwmm.refs import CONFIG_NAME, ModelRef, is_repo_id
+from hf_lwmm.refs import CONFIG_NAME, ModelRef, describe_hub_error, is_repo_id, snapshot
 
-#: What a push uploads from a merged folder: weights, configs, card, recipe and plot — nothing else.
+#: The record ``lwmm-hub convert`` writes beside a converted model (source, its sha256, what was left out).
+CONVERSION_NAME = "lwmm_conversion.yaml"
+#: What a push uploads from a merged or converted folder: weights, configs, card, record and plot — nothing else.
 PUSH_PATTERNS = ("*.safetensors", "model.safetensors.index.json", CONFIG_NAME, "preprocessor_config.json",
-                 "README.md", RECIPE_NAME, "*.png")
+                 "README.md", RECIPE_NAME, CONVERSION_NAME, "*.png")
 MAIN_BRANCH = "main"
 _COLLECTION_SLUG = re.compile(r"^[\w.-]+/[\w.-]+-[0-9a-f]{24}$")
 _MAX_NOTE = 500  # the Hub's limit on a collection item's note
@@ -89,12 +92,13 @@ def require_token(token: str | None = None) -> str:
 
 
 def files_to_push(folder: Path) -> list[str]:
-    """The files of a merged folder that belong in the repo; refuses a folder that is not a merge output."""
+    """The files of a merged (or converted) folder that belong in the repo; refuses any other folder."""
     if not folder.is_dir():
         raise LwmmError(f"{folder}: no such folder")
     names = sorted(path.name for path in folder.iterdir()
                    if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in PUSH_PATTERNS))
-    missing = [name for name in (CONFIG_NAME, RECIPE_NAME) if name not in names]
+    record = CONVERSION_NAME if CONVERSION_NAME in names else RECIPE_NAME
+    missing = [name for name in (CONFIG_NAME, record) if name not in names]
     if missing or not any(name.endswith(".safetensors") for name in names):
         what = missing[0] if missing else "safetensors weights"
         raise LwmmError(f"{folder}: not a merged model folder (no {what}); run `lwmm-hub merge … --output {folder}` first")
@@ -177,7 +181,7 @@ def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions()
     folder = Path(folder)
     check_repo_id(repo_id)
     names = files_to_push(folder)
-    document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
+    document, message, description, note = _push_texts(folder, names)
     verify_weights(folder, names, document)
     api = HfApi(token=require_token(token))
     retry = options.retry_command(folder, repo_id)
@@ -194,18 +198,33 @@ def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions()
             api.create_branch(repo_id, branch=revision)
         head = api.repo_info(repo_id, revision=revision).sha
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in names]
-        commit = api.create_commit(repo_id, operations, commit_message=options.commit_message or default_commit_message(document),
-                                   commit_description=_commit_description(document), revision=revision)
+        commit = api.create_commit(repo_id, operations, commit_message=options.commit_message or message,
+                                   commit_description=description, revision=revision)
     except Exception as err:  # any transfer failure (HTTP, network, card validation) ends the same way
         raise LwmmError(f"push to {repo_id} failed: {describe_hub_error(err)}. The merged model is intact in {folder}; "
                         f"retry with: {retry}") from err
     slug = None
     if options.collection:
         try:
-            slug = add_to_collection(api, options.collection, repo_id, note=collection_note(document))
+            slug = add_to_collection(api, options.collection, repo_id, note=note)
         except LwmmError as err:
             raise LwmmError(f"{err}. The model is pushed ({commit.oid[:10]}); retry with: {retry}") from err
     return PushResult(repo_id, revision, commit.oid, commit.commit_url, names, changed=commit.oid != head, collection_slug=slug)
+
+
+def _push_texts(folder: Path, names: list[str]) -> tuple[dict[str, Any], str, str, str]:
+    """The record of a merged or a converted folder, and its commit title, commit description and collection note."""
+    if CONVERSION_NAME not in names:
+        document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
+        return document, default_commit_message(document), _commit_description(document), collection_note(document)
+    try:
+        record = yaml.safe_load((folder / CONVERSION_NAME).read_text())
+        source, digest = str(record["source"]), str(record["sha256"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise LwmmError(f"{folder / CONVERSION_NAME}: unreadable conversion record ({err.__class__.__name__})") from None
+    note = f"converted from {source} — lwmm-hub"
+    return (record, f"Add SegFormer converted from {source.rsplit('/', 1)[-1]} (lwmm-hub)",
+            f"Converted with lwmm-hub from {source} (sha256 {digest}).", note if len(note) <= _MAX_NOTE else note[: _MAX_NOTE - 1] + "…")
 
 
 def add_to_collection(api: HfApi, collection: str, repo_id: str, *, note: str) -> str:
@@ -246,20 +265,6 @@ def _commit_description(document: dict[str, Any]) -> str:
     lines += [f"- {source['ref']} @ {source.get('commit') or 'local folder'} ({source.get('role', 'source')})"
               for source in document["sources"]]
     return "\n".join(lines)
-
-
-def describe_hub_error(err: BaseException) -> str:
-    """One line on why a Hub call failed, with what to do for auth errors (the token is never shown)."""
-    cause = err.__cause__ if isinstance(err, RuntimeError) and err.__cause__ is not None else err  # LFS upload wrapper
-    if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-        status = cause.response.status_code
-        hints = {401: "the token was refused (set HF_TOKEN or run `hf auth login`)",
-                 403: "the token has no write access to this namespace",
-                 404: "repository or revision not found"}
-        server = (cause.server_message or "").strip().splitlines()
-        return f"HTTP {status}, " + hints.get(status, server[0] if server else cause.response.reason_phrase)
-    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
-    return f"{cause.__class__.__name__}: {text[:300] or 'no details'}"
 
 
 # ------------------------------------------------------------------------------------------- reproduce
@@ -350,18 +355,8 @@ def fetch_merged(target: str, *, token: str | bool | None = None) -> Path:
         if not (ref.path / RECIPE_NAME).is_file():
             raise LwmmError(f"{target}: no {RECIPE_NAME} (not a folder written by lwmm-hub merge)")
         return ref.path
-    assert ref.repo_id is not None
-    prefix = f"{ref.subfolder}/" if ref.subfolder else ""
-    try:
-        snapshot = Path(snapshot_download(ref.repo_id, revision=ref.revision, token=token,
-                                          allow_patterns=[prefix + RECIPE_NAME, prefix + "*.safetensors"]))
-    except RepositoryNotFoundError:
-        raise LwmmError(f"{target}: repository not found (or private: set HF_TOKEN or run `hf auth login`)") from None
-    except RevisionNotFoundError:
-        raise LwmmError(f"{target}: revision {ref.revision!r} not found") from None
-    except Exception as err:  # network, HTTP or cache failures: one line, no traceback
-        raise LwmmError(f"{target}: download failed ({describe_hub_error(err)})") from err
-    folder = snapshot / ref.subfolder if ref.subfolder else snapshot
+    files = snapshot(ref, [ref.path_in_repo(RECIPE_NAME), ref.path_in_repo("*.safetensors")], token=token)
+    folder = files / ref.subfolder if ref.subfolder else files
     if not (folder / RECIPE_NAME).is_file():
         raise LwmmError(f"{target}: the repo has no {RECIPE_NAME} (was it pushed by lwmm-hub?)")
     return folder

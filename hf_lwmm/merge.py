@@ -15,6 +15,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -24,9 +25,9 @@ from hf_lwmm.errors import CorruptWeightsError
 from hf_lwmm.io import ShardedSafetensorsWriter
 from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
-from hf_lwmm.plan import MergePlan, Rule, TensorPlan, plan_merge
+from hf_lwmm.plan import MergePlan, Rule, TensorPlan, plan_merge, with_weights
 from hf_lwmm.recipe import MergeRecipe, RunOptions
-from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME
+from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME, ResolvedModel
 from hf_lwmm.result import MergeResult
 from hf_lwmm.system import resolve_device
 
@@ -65,13 +66,16 @@ def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None 
     """
     options = options or RunOptions()
     output_dir = Path(output_dir)
-    check_output_folder(output_dir, overwrite=options.overwrite, inputs=[model.folder for model in plan.models],
+    check_output_folder(output_dir, overwrite=options.overwrite,
+                        inputs=[model.folder for model in plan.models if isinstance(model, ResolvedModel)],
                         name="output_dir")
     device = resolve_device(options.device)
-    plan.method.prepare(plan.models, plan.alignment, device=device, progress=options.progress)
+    plan = with_weights(plan, options)  # Hub weights are downloaded only now, once the plan holds
+    models = cast("list[ResolvedModel]", plan.models)  # every one on disk after with_weights
+    plan.method.prepare(models, plan.alignment, device=device, progress=options.progress)
     with staged_folder(output_dir, overwrite=options.overwrite) as staging:
         sha256 = write_weights(plan, staging, device=device, progress=options.progress)
-        _copy_configs(plan.models[plan.anchor].folder, staging, plan.recipe.dtype)
+        _copy_configs(models[plan.anchor].folder, staging, plan.recipe.dtype)
         result = MergeResult(plan, output_dir, sha256, hub_repo=hub_repo)
         write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())

@@ -1,6 +1,7 @@
 """Plan a merge: everything decided before any weight byte is read.
 
-:func:`plan_merge` resolves every reference, opens the weight headers, checks the architectures,
+:func:`plan_merge` resolves every reference, opens the weight headers (a Hub model's safetensors headers
+are read by HTTP range requests: no weight is downloaded until :func:`with_weights`), checks the architectures,
 aligns the tensors, orders the shared layers, asks the method for its per-layer weights, and decides
 for every output tensor where it comes from, its output dtype and its shard. The executor
 (:mod:`hf_lwmm.merge`) then streams the plan; ``align``, ``diff``, ``sweep`` and the experiments read
@@ -12,7 +13,7 @@ executor, the card and the commands, never the reverse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import torch
@@ -23,7 +24,7 @@ from hf_lwmm.io.writer import shard_layout
 from hf_lwmm.layers import layer_of, order_layers
 from hf_lwmm.methods import METHODS, MergeMethod
 from hf_lwmm.recipe import MergeRecipe, RunOptions
-from hf_lwmm.refs import ResolvedModel, resolve
+from hf_lwmm.refs import RemoteModel, ResolvedModel, fetch, locate, open_headers
 from hf_lwmm.schedules import LayerWeights
 
 RUNNING_MEAN = ".running_mean"
@@ -64,7 +65,8 @@ class MergePlan:
     """A merge with every decision made and no weight byte read: what :func:`~hf_lwmm.merge.execute` streams."""
 
     recipe: MergeRecipe
-    models: list[ResolvedModel]
+    #: Hub models stay :class:`RemoteModel` (headers only) until :func:`with_weights` downloads them
+    models: list[ResolvedModel | RemoteModel]
     sources: list[TensorSource]
     alignment: Alignment
     #: the shared layers, shallowest first (what start-layer indices count)
@@ -103,11 +105,11 @@ def plan_merge(recipe: MergeRecipe, options: RunOptions | None = None, *, same_d
     """
     options = options or RunOptions()
     anchor = recipe.anchor_index
-    models = [resolve(ref, token=options.token) for ref in recipe.refs]
+    # a Hub model is known from its safetensors headers: weights are downloaded only to execute (with_weights)
+    models = [locate(ref, token=options.token, allow_pickle=options.allow_pickle) for ref in recipe.refs]
     labels = [str(model.ref) for model in models]
     check_architectures(labels, [model.model_type for model in models])
-    sources = [open_weights(model.folder, label=label, allow_pickle=options.allow_pickle and model.ref.is_local)
-               for model, label in zip(models, labels)]
+    sources = [open_headers(model, token=options.token, allow_pickle=options.allow_pickle) for model in models]
     alignment = align(sources, [model.model_type for model in models], anchor=anchor, same_depths=same_depths)
     layers = order_layers(alignment.shared)
     method = METHODS[recipe.method](recipe.parameters, num_models=len(models), anchor=anchor)
@@ -116,6 +118,17 @@ def plan_merge(recipe: MergeRecipe, options: RunOptions | None = None, *, same_d
     tensors = [_tensor_plan(key, alignment, sources[anchor], weights_of_layer, recipe) for key in alignment.anchor_keys()]
     shards = shard_layout([tensor.output for tensor in tensors], recipe.max_shard_bytes)
     return MergePlan(recipe, models, sources, alignment, layers, layer_weights, method, method.describe(layers), tensors, shards)
+
+
+def with_weights(plan: MergePlan, options: RunOptions | None = None) -> MergePlan:
+    """The plan with every Hub model's weights downloaded and every source readable (a plan holds headers only)."""
+    options = options or RunOptions()
+    fetched = [fetch(model, token=options.token) for model in plan.models]
+    sources = [source if not isinstance(model, RemoteModel) or model.tensors is None  # already readable
+               else open_weights(on_disk.folder, label=source.label, allow_pickle=options.allow_pickle)
+               for model, source, on_disk in zip(plan.models, plan.sources, fetched)]
+    models: list[ResolvedModel | RemoteModel] = [*fetched]
+    return replace(plan, models=models, sources=sources)
 
 
 def _tensor_plan(key: str, alignment: Alignment, anchor_source: TensorSource, weights_of_layer: dict[str, tuple[float, ...]],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hf_lwmm.align import Alignment
 from hf_lwmm.plan import MergePlan
@@ -35,7 +35,7 @@ class MergeResult:
 
     @property
     def models(self) -> list[ResolvedModel]:
-        return self.plan.models
+        return cast("list[ResolvedModel]", self.plan.models)  # a result's plan has every model on disk
 
     @property
     def alignment(self) -> Alignment:

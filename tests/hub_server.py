@@ -13,6 +13,12 @@ the part of the Hub's HTTP protocol that ``huggingface_hub`` (2.x, with ``HF_HUB
   a basic-transfer PUT that verifies size and sha256, the NDJSON ``commit`` endpoint (``file``,
   ``lfsFile``, ``deletedFile``, ``deletedFolder``; ``parentCommit``), ``branch`` and ``tag`` creation
   and deletion;
+* pull requests: a commit with ``create_pr=1`` (by any signed-in user, as on the Hub) opens PR ``N`` at
+  ``refs/pr/N`` on top of its branch; ``refs/pr/N`` resolves everywhere a revision does; discussions are
+  listed (``api/models/{repo}/discussions``: the Hub's JSON shape, filters, pages of
+  ``discussions_page_size``, newest first) and fetched one by one;
+* ``weight_bytes_served``: how many tensor-data bytes the server sent (safetensors data sections and
+  whole pickle files; safetensors headers do not count), so tests can tell a header read from a download;
 * ``api/whoami-v2``, ``api/validate-yaml`` (YAML, ``base_model`` and ``base_model_relation`` checks);
 * collections: create (409 on a duplicate title), get, list by owner, add an item with a note;
 * auth: 401 without a valid token on writes and on private repos, 403 outside the token's namespaces
@@ -37,8 +43,8 @@ Use in a test module::
         hub.fail_next(1, matching=r"^PUT /_lfs_upload/")  # next LFS upload answers 500
         ...                                             # hub.requests records (method, path, status)
 
-Limits: repo ids are always ``namespace/name``; no pull requests, spaces, Xet, multipart LFS or pagination
-(everything fits in one page); ``validate-yaml`` checks only YAML syntax, ``base_model`` and
+Limits: repo ids are always ``namespace/name``; PRs cannot be merged, commented on or closed over HTTP
+(tests call ``Repo.pulls``); no spaces, Xet, multipart LFS or pagination outside discussions; ``validate-yaml`` checks only YAML syntax, ``base_model`` and
 ``base_model_relation``.
 """
 
@@ -64,6 +70,7 @@ import yaml
 DEFAULT_USER = "lwmm-tester"
 MAIN = "main"
 LFS_THRESHOLD = 10 * 1024 * 1024
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npy", ".npz",
                 ".pkl", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".gz", ".tar", ".parquet", ".arrow")
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
@@ -194,6 +201,20 @@ class Token:
 
 
 @dataclass
+class PullRequest:
+    num: int
+    title: str
+    author: str
+    head: str  # commit id of refs/pr/{num}
+    status: str = "open"  # open, closed, merged, draft
+    created_at: str = field(default_factory=now_iso)
+
+    @property
+    def ref(self) -> str:
+        return f"refs/pr/{self.num}"
+
+
+@dataclass
 class Repo:
     repo_type: str
     repo_id: str
@@ -204,6 +225,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     lfs_oids: set[str] = field(default_factory=set)
+    pulls: dict[int, PullRequest] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
@@ -220,6 +242,9 @@ class Repo:
             return self.branches[revision]
         if revision in self.tags:
             return self.tags[revision]
+        pull = re.fullmatch(r"refs/pr/(\d+)", revision)
+        if pull and int(pull.group(1)) in self.pulls:
+            return self.pulls[int(pull.group(1))].head
         if _HEX.match(revision):
             matches = [oid for oid in self.commits if oid.startswith(revision)]
             if len(matches) == 1:
@@ -380,6 +405,13 @@ def collection_json(collection: Collection, state: HubState, *, max_items: int |
     }
 
 
+def weight_data_start(path: str, content: bytes) -> int:
+    """Where a file's tensor data starts: after a safetensors header, at 0 for pickles, never for other files."""
+    if path.endswith(".safetensors") and len(content) >= 8:
+        return 8 + int.from_bytes(content[:8], "little")
+    return 0 if path.endswith(WEIGHT_SUFFIXES) else len(content)
+
+
 def card_metadata(text: str) -> dict[str, Any] | None:
     """The YAML front matter of a README (``None`` when there is none); raises ``yaml.YAMLError``."""
     match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.DOTALL)
@@ -461,6 +493,8 @@ class HubApp:
         ("GET", re.compile(rf"{_API_REPO}(?:/revision/(?P<rev>[^/]+))?"), "repo_info"),
         ("GET", re.compile(rf"{_API_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"), "tree"),
         ("GET", re.compile(rf"{_API_REPO}/refs"), "refs"),
+        ("GET", re.compile(rf"{_API_REPO}/discussions"), "discussions"),
+        ("GET", re.compile(rf"{_API_REPO}/discussions/(?P<num>\d+)"), "discussion"),
         ("GET", re.compile(rf"{_API_REPO}/commits/(?P<rev>[^/]+)"), "commits"),
         ("POST", re.compile(rf"{_API_REPO}/preupload/(?P<rev>[^/]+)"), "preupload"),
         ("POST", re.compile(rf"{_API_REPO}/commit/(?P<rev>[^/]+)"), "commit"),
@@ -481,6 +515,8 @@ class HubApp:
 
     def __init__(self, state: HubState) -> None:
         self.state = state
+        self.discussions_page_size = 50  # the Hub's page size
+        self.weight_bytes_served = 0
 
     def dispatch(self, request: Request) -> Response:
         for method, pattern, name in self.routes:
@@ -598,7 +634,7 @@ class HubApp:
         return Response.of_json(entries)
 
     def refs(self, request: Request, match: re.Match) -> Response:
-        """Branches, tags and converts; pull requests (none here) only with ``include_prs``, as the Hub lists them."""
+        """Branches, tags and converts; pull requests only with ``include_prs``, as the Hub lists them."""
         repo = self._repo(request, match)
         listing: dict[str, Any] = {
             "branches": [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid} for name, oid in repo.branches.items()],
@@ -606,8 +642,41 @@ class HubApp:
             "tags": [{"name": name, "ref": f"refs/tags/{name}", "targetCommit": oid} for name, oid in repo.tags.items()],
         }
         if request.flag("include_prs"):
-            listing["pullRequests"] = []
+            listing["pullRequests"] = [{"name": pull.ref, "ref": pull.ref, "targetCommit": pull.head} for pull in repo.pulls.values()]
         return Response.of_json(listing)
+
+    def discussions(self, request: Request, match: re.Match) -> Response:
+        """A page of the repo's discussions (all of them pull requests here), newest first, as the Hub lists them."""
+        repo = self._repo(request, match)
+        kind, status = request.query.get("type", ["all"])[-1], request.query.get("status", ["all"])[-1]
+        authors = request.query.get("author")
+        found = [pull for pull in sorted(repo.pulls.values(), key=lambda p: -p.num)
+                 if kind in ("all", "pull_request") and status in ("all", pull.status) and (not authors or pull.author in authors)]
+        size = self.discussions_page_size
+        start = int(request.query.get("p", ["0"])[-1]) * size
+        return Response.of_json({"discussions": [self._discussion_json(repo, pull) for pull in found[start:start + size]],
+                                 "count": len(found), "start": start,
+                                 "numClosedDiscussions": sum(pull.status != "open" for pull in repo.pulls.values())})
+
+    def discussion(self, request: Request, match: re.Match) -> Response:
+        repo = self._repo(request, match)
+        pull = repo.pulls.get(int(match.group("num")))
+        if pull is None:
+            raise HubError(404, "Discussion not found")
+        commit = repo.commits[pull.head]
+        events = [{"id": object_id(), "type": "commit", "createdAt": commit.date, "author": self._author_json(pull.author),
+                   "data": {"subject": commit.title, "oid": commit.oid}}]
+        return Response.of_json({**self._discussion_json(repo, pull), "events": events, "conflictingFiles": [],
+                                 "filesWithConflicts": [], "changes": {"base": f"refs/heads/{MAIN}"},
+                                 "diffUrl": f"{request.endpoint}/{repo.url_path}/discussions/{pull.num}/files"})
+
+    def _author_json(self, name: str) -> dict[str, Any]:
+        return {"name": name, "type": "user", "fullname": name, "avatarUrl": "", "isPro": False}
+
+    def _discussion_json(self, repo: Repo, pull: PullRequest) -> dict[str, Any]:
+        return {"num": pull.num, "title": pull.title, "status": pull.status, "createdAt": pull.created_at,
+                "isPullRequest": True, "author": self._author_json(pull.author), "pinned": False, "numComments": 1,
+                "topReactions": [], "numReactionUsers": 0, "repo": {"name": repo.repo_id, "type": repo.repo_type}}
 
     def commits(self, request: Request, match: re.Match) -> Response:
         repo = self._repo(request, match)
@@ -652,9 +721,7 @@ class HubApp:
 
     # -- upload routes
     def preupload(self, request: Request, match: re.Match) -> Response:
-        repo = self._repo(request, match, write=True)
-        if request.flag("create_pr"):
-            raise HubError(400, "Pull requests are not supported by this test Hub")
+        repo = self._contributed(request, match)
         head = repo.commits[repo.branches[self._branch(repo, match)]]
         answers = []
         for item in request.json().get("files", []):
@@ -667,7 +734,9 @@ class HubApp:
         return Response.of_json({"files": answers, "commitOid": head.oid})
 
     def lfs_batch(self, request: Request, match: re.Match) -> Response:
-        repo = self._repo(request, match, write=True)
+        repo = self._repo(request, match)  # anyone signed in may upload for a pull request
+        if request.caller is None:
+            raise HubError(401, "You must be authenticated to access this resource")
         payload = request.json()
         if payload.get("operation") != "upload":
             raise HubError(400, "Only the upload operation is supported by this test Hub")
@@ -711,10 +780,15 @@ class HubApp:
             raise HubError(404, f"LFS object {oid} was not uploaded")
         return Response.of_json({"success": True})
 
+    def _contributed(self, request: Request, match: re.Match) -> Repo:
+        """The repo of a write: a pull request needs any signed-in user, a commit to a branch a writer."""
+        repo = self._repo(request, match, write=not request.flag("create_pr"))
+        if request.caller is None:
+            raise HubError(401, "You must be authenticated to access this resource")
+        return repo
+
     def commit(self, request: Request, match: re.Match) -> Response:
-        repo = self._repo(request, match, write=True)
-        if request.flag("create_pr"):
-            raise HubError(400, "Pull requests are not supported by this test Hub")
+        repo = self._contributed(request, match)
         branch = self._branch(repo, match)
         parent = repo.commits[repo.branches[branch]]
         lines = [json.loads(line) for line in request.body.decode().splitlines() if line.strip()]
@@ -729,8 +803,14 @@ class HubApp:
         commit = make_commit(files, parents=(parent.oid,), title=str(header.get("summary") or "Update"),
                              message=str(header.get("description") or ""), author=request.caller.user)
         repo.commits[commit.oid] = commit
-        repo.branches[branch] = commit.oid
-        return Response.of_json({"success": True, "commitOid": commit.oid, "hookOutput": "", "pullRequestUrl": None,
+        pull_url = None
+        if request.flag("create_pr"):
+            num = max(repo.pulls, default=0) + 1
+            repo.pulls[num] = PullRequest(num, commit.title, request.caller.user, commit.oid)
+            pull_url = f"{request.endpoint}/{repo.url_path}/discussions/{num}"
+        else:
+            repo.branches[branch] = commit.oid
+        return Response.of_json({"success": True, "commitOid": commit.oid, "hookOutput": "", "pullRequestUrl": pull_url,
                                  "commitUrl": f"{request.endpoint}/{repo.url_path}/commit/{commit.oid}"})
 
     def _apply(self, repo: Repo, files: dict[str, FileEntry], key: str | None, value: dict[str, Any]) -> None:
@@ -777,6 +857,9 @@ class HubApp:
                 raise HubError(416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{len(content)}"})
             status, body = 206, content[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+        if request.method == "GET":
+            served = range(start, end + 1) if ranged else range(len(content))
+            self.weight_bytes_served += len(range(max(served.start, weight_data_start(path, content)), served.stop))
         return Response(status, body, headers)
 
     # -- collections
@@ -961,6 +1044,12 @@ class HubServer:
         """Answer the next ``count`` requests (only those whose ``METHOD /path`` matches the regex) with 500."""
         with self.state.lock:
             self.faults = FaultSwitch(count, re.compile(matching) if matching else None)
+
+    @property
+    def weight_bytes_served(self) -> int:
+        """Tensor-data bytes sent so far (see :func:`weight_data_start`)."""
+        with self.state.lock:
+            return self.app.weight_bytes_served
 
     def url(self, repo_id: str, *, repo_type: str = "model") -> str:
         return f"{self.endpoint}/{URL_PREFIX[repo_type]}{repo_id}"

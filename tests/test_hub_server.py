@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hub_server import FileEntry, HubServer, git_object_id, go_offline, hub, tree_id  # noqa: F401  (hub: fixture)
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     BadRequestError,
@@ -21,8 +22,6 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.lfs import UploadInfo, post_lfs_batch_info
 from huggingface_hub.utils import get_session, hf_raise_for_status
-
-from hub_server import FileEntry, HubServer, git_object_id, go_offline, hub, tree_id  # noqa: F401  (hub: fixture)
 
 WEIGHTS = bytes(range(256)) * 4  # binary → stored with LFS
 CONFIG = b'{"model_type": "segformer", "architectures": ["SegformerForSemanticSegmentation"]}\n'
@@ -303,3 +302,56 @@ def test_collections_roundtrip(hub: HubServer) -> None:
     with pytest.raises(HfHubHTTPError) as anonymous:
         HfApi(token=False).create_collection("x", namespace=hub.user)
     assert anonymous.value.response.status_code == 401
+
+
+def test_pull_requests_resolve_everywhere_and_are_listed_like_discussions(hub: HubServer, versioned_repo: VersionedRepo,
+                                                                           tmp_path: Path) -> None:
+    repo_id = versioned_repo.repo_id
+    contributor = HfApi(token=hub.add_user("contributor"))  # no write access: PRs are open to anyone signed in
+    with pytest.raises(HfHubHTTPError):
+        contributor.upload_file(path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id=repo_id)
+    opened = [contributor.create_commit(repo_id, [CommitOperationAdd(f"pr-{n}.bin", WEIGHTS[n:])], commit_message=f"PR {n}",
+                                        create_pr=True) for n in range(3)]
+    assert [info.pr_revision for info in opened] == ["refs/pr/1", "refs/pr/2", "refs/pr/3"]
+    api = HfApi()
+    assert api.model_info(repo_id).sha == versioned_repo.v2  # main did not move
+    info = api.model_info(repo_id, revision="refs/pr/2", files_metadata=True)
+    assert info.sha == opened[1].oid and "pr-1.bin" in [s.rfilename for s in info.siblings]
+    assert [c.commit_id for c in api.list_repo_commits(repo_id, revision="refs/pr/2")][:2] == [opened[1].oid, versioned_repo.v2]
+    assert "pr-1.bin" in [entry.path for entry in api.list_repo_tree(repo_id, revision="refs/pr/2")]
+    assert Path(hf_hub_download(repo_id, "pr-1.bin", revision="refs/pr/2")).read_bytes() == WEIGHTS[1:]
+    assert [ref.ref for ref in api.list_repo_refs(repo_id, include_pull_requests=True).pull_requests] == [f"refs/pr/{n}" for n in (1, 2, 3)]
+
+    hub.state.repos[("model", repo_id)].pulls[2].status = "closed"
+    hub.app.discussions_page_size = 1
+    listed = list(api.get_repo_discussions(repo_id))
+    assert [(d.num, d.title, d.status, d.author, d.is_pull_request, d.git_reference) for d in listed] == [
+        (3, "PR 2", "open", "contributor", True, "refs/pr/3"), (2, "PR 1", "closed", "contributor", True, "refs/pr/2"),
+        (1, "PR 0", "open", "contributor", True, "refs/pr/1")]
+    assert len(hub.requests_to(rf"^GET /api/models/{repo_id}/discussions$")) == 3  # one page each
+    assert [d.num for d in api.get_repo_discussions(repo_id, discussion_status="open", author="contributor")] == [3, 1]
+    assert not list(api.get_repo_discussions(repo_id, author="someone-else"))
+    details = api.get_discussion_details(repo_id, 3)
+    assert (details.title, details.git_reference, details.events[0].type) == ("PR 2", "refs/pr/3", "commit")
+
+
+def test_range_requests_and_the_weight_byte_counter(hub: HubServer, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    api = HfApi(token=hub.token)
+    repo_id = f"{hub.user}/counted"
+    api.create_repo(repo_id)
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, tmp_path / "model.safetensors")
+    content = (tmp_path / "model.safetensors").read_bytes()
+    header = 8 + int.from_bytes(content[:8], "little")
+    api.upload_file(path_or_fileobj=content, path_in_repo="model.safetensors", repo_id=repo_id)
+    url = f"{hub.endpoint}/{repo_id}/resolve/main/model.safetensors"
+    ranged = get_session().get(url, headers={"Range": f"bytes=8-{header - 1}"})
+    assert ranged.status_code == 206 and ranged.headers["Content-Range"] == f"bytes 8-{header - 1}/{len(content)}"
+    assert ranged.content == content[8:header] and hub.weight_bytes_served == 0  # a header is not weights
+    assert get_session().get(url, headers={"Range": f"bytes={header - 4}-{header + 9}"}).status_code == 206
+    assert hub.weight_bytes_served == 10
+    assert get_session().get(url, headers={"Range": f"bytes={len(content)}-"}).status_code == 416
+    hf_hub_download(repo_id, "model.safetensors", cache_dir=tmp_path / "cache")
+    assert hub.weight_bytes_served == 10 + len(content) - header

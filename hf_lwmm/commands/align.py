@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("align", help="report shared / shape-mismatch / only-in tensors by layer", description=__doc__)
     parser.add_argument("models", nargs="+", help="local folders or Hub repos org/name[@revision][:subfolder]")
     parser.add_argument("--anchor", help="the model that defines the output (default: the first)")
-    parser.add_argument("--allow-pickle", action="store_true", help="read local pytorch_model.bin files")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read pytorch_model.bin (local or from the Hub) with torch.load(weights_only=True)")
     parser.set_defaults(run=run)
 
 

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"floor of the denominator (default: {DEFAULT_EPSILON:g})")
     parser.add_argument("--plot", type=Path, help="save a plot (layer on x, fraction on y, one line per τ) to this PNG (or SVG, PDF)")
     parser.add_argument("--json", type=Path, help="write the per-layer counts and fractions to this JSON file")
-    parser.add_argument("--allow-pickle", action="store_true", help="read local pytorch_model.bin files")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read pytorch_model.bin (local or from the Hub) with torch.load(weights_only=True)")
     parser.set_defaults(run=run)
 
 
@@ -33,14 +34,15 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.console import note
     from hf_lwmm.diff import discrepancy_plot, discrepancy_table, model_discrepancy
     from hf_lwmm.io.output import check_output_file
-    from hf_lwmm.plan import plan_merge
+    from hf_lwmm.plan import plan_merge, with_weights
     from hf_lwmm.recipe import MergeRecipe, RunOptions
 
     if args.plot:
         check_output_file(args.plot, name="--plot", suffixes=PLOT_SUFFIXES)
     if args.json:
         check_output_file(args.json, name="--json")
-    plan = plan_merge(MergeRecipe(models=args.models, method="isotropic"), RunOptions(allow_pickle=args.allow_pickle))
+    options = RunOptions(allow_pickle=args.allow_pickle)
+    plan = with_weights(plan_merge(MergeRecipe(models=args.models, method="isotropic"), options), options)
     discrepancy = model_discrepancy(plan, taus=args.tau, epsilon=args.epsilon)
     print(discrepancy_table(discrepancy))
     if args.plot:

@@ -62,7 +62,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--device", help="where the merge math runs: auto (default), cpu, cuda, …")
     run_group.add_argument("--allow-pickle", action="store_true",
-                           help="load local pytorch_model.bin files with torch.load(weights_only=True)")
+                           help="load pytorch_model.bin (local or from the Hub) with torch.load(weights_only=True)")
 
 
 def method_parameter_fields() -> dict[str, tuple[list[str], Any]]:

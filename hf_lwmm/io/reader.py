@@ -19,7 +19,13 @@ from typing import BinaryIO
 import torch
 
 from hf_lwmm.errors import CorruptWeightsError, LwmmError
-from hf_lwmm.refs import PICKLE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
+from hf_lwmm.io.pickles import load_pickle_weights
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
+PICKLE_NAMES = (PICKLE_NAME, PICKLE_INDEX_NAME)
 
 #: safetensors dtype names and their torch dtypes
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -150,9 +156,9 @@ def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> Ten
         if not allow_pickle:
             raise LwmmError(
                 f"model {label}: only pickle weights ({pickles[0].name}); convert them to safetensors, "
-                "or pass --allow-pickle to load a local file you trust with torch.load(weights_only=True)"
+                "or pass --allow-pickle to load it with torch.load(weights_only=True)"
             )
-        return _load_pickle(label, folder, pickles[0])
+        return StateDictSource(label, load_pickle_weights(label, pickles[0]))
     raise LwmmError(f"model {label}: no safetensors weights ({SAFETENSORS_NAME} or {SAFETENSORS_INDEX_NAME}) in {folder}")
 
 
@@ -195,19 +201,33 @@ def _containing_root(folder: Path) -> Path:
 
 
 def _read_header(label: str, file: Path) -> list[_Entry]:
-    """Parse and validate a safetensors header as strictly as the safetensors library does, so that
-    corrupt files fail before anything is written: the tensors must tile the data buffer exactly, in
-    order (no overlap, no gap, no trailing bytes), each with a known dtype and a size matching its shape."""
+    """Parse and validate a safetensors header so that corrupt files fail before anything is written."""
     where = f"model {label}: {file.name}"
     size = file.stat().st_size
     with open(file, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise CorruptWeightsError(f"{where} is not a safetensors file (too short)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > min(_MAX_HEADER_BYTES, size - 8):
-            raise CorruptWeightsError(f"{where} is truncated or not a safetensors file (header length {header_len})")
-        raw = handle.read(header_len)
+        header_len = header_length(where, handle.read(8), size)
+        data_start = 8 + header_len
+        infos = parse_header(where, handle.read(header_len), data_size=size - data_start)
+    return [_Entry(info, file, data_start + begin, data_start + end) for info, begin, end in infos]
+
+
+def header_length(where: str, prefix: bytes, size: int) -> int:
+    """The header length a safetensors file of ``size`` bytes declares in its first 8 bytes."""
+    if len(prefix) < 8:
+        raise CorruptWeightsError(f"{where} is not a safetensors file (too short)")
+    (header_len,) = struct.unpack("<Q", prefix[:8])
+    if header_len > min(_MAX_HEADER_BYTES, size - 8):
+        raise CorruptWeightsError(f"{where} is truncated or not a safetensors file (header length {header_len})")
+    return int(header_len)
+
+
+def parse_header(where: str, raw: bytes, *, data_size: int) -> list[tuple[TensorInfo, int, int]]:
+    """Each tensor of a safetensors header with its offsets in a data buffer of ``data_size`` bytes, validated as
+    strictly as the safetensors library does: the tensors must tile the data buffer exactly, in order (no overlap,
+    no gap, no trailing bytes), each with a known dtype and a size matching its shape.
+
+    Local files and Hub files (whose header is read by HTTP range requests) go through this one check.
+    """
     try:
         header = json.loads(raw, object_pairs_hook=_unique_keys) if raw[:1] == b"{" else None
     except (UnicodeDecodeError, ValueError):
@@ -217,7 +237,6 @@ def _read_header(label: str, file: Path) -> list[_Entry]:
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CorruptWeightsError(f"{where}: '__metadata__' must map strings to strings")
-    data_start = 8 + header_len
     entries = []
     for name, meta in header.items():
         try:
@@ -230,18 +249,18 @@ def _read_header(label: str, file: Path) -> list[_Entry]:
         if end - begin != info.nbytes:
             raise CorruptWeightsError(f"{where}: tensor {name!r} has {end - begin} bytes of data for its "
                                       f"{meta['dtype']}{list(shape)} ({info.nbytes} bytes)")
-        entries.append(_Entry(info, file, data_start + begin, data_start + end))
-    entries.sort(key=lambda entry: (entry.start, entry.stop))
-    covered = data_start
-    for entry in entries:
-        if entry.start != covered:
-            fault = "overlaps the tensor before it" if entry.start < covered else "leaves a gap before it"
-            raise CorruptWeightsError(f"{where}: tensor {entry.info.name!r} {fault} in the data buffer")
-        covered = entry.stop
-    if covered > size:
-        raise CorruptWeightsError(f"{where} is truncated (the data ends {covered - size} bytes past the end of the file)")
-    if covered < size:
-        raise CorruptWeightsError(f"{where} has {size - covered} trailing bytes after the tensor data")
+        entries.append((info, begin, end))
+    entries.sort(key=lambda entry: (entry[1], entry[2]))
+    covered = 0
+    for info, begin, end in entries:
+        if begin != covered:
+            fault = "overlaps the tensor before it" if begin < covered else "leaves a gap before it"
+            raise CorruptWeightsError(f"{where}: tensor {info.name!r} {fault} in the data buffer")
+        covered = end
+    if covered > data_size:
+        raise CorruptWeightsError(f"{where} is truncated (the data ends {covered - data_size} bytes past the end of the file)")
+    if covered < data_size:
+        raise CorruptWeightsError(f"{where} has {data_size - covered} trailing bytes after the tensor data")
     return entries
 
 
@@ -257,20 +276,6 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate key")
     return dict(pairs)
-
-
-def _load_pickle(label: str, folder: Path, file: Path) -> TensorSource:
-    files = [file]
-    if file.name.endswith(".index.json"):
-        files = [folder / name for name in dict.fromkeys(json.loads(file.read_text())["weight_map"].values())]
-    tensors: dict[str, torch.Tensor] = {}
-    for part in files:
-        try:
-            state = torch.load(part, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for refused or broken pickles
-            raise LwmmError(f"model {label}: cannot load {part.name} with weights_only=True ({err.__class__.__name__})") from None
-        tensors.update({name: value for name, value in state.items() if isinstance(value, torch.Tensor)})
-    return StateDictSource(label, tensors)
 
 
 #: files that hold a model folder's weights (what open_weights may read)

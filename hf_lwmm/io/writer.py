@@ -16,8 +16,7 @@ from typing import BinaryIO
 import torch
 
 from hf_lwmm.errors import FieldError
-from hf_lwmm.io.reader import DTYPE_NAMES, TensorInfo
-from hf_lwmm.refs import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
+from hf_lwmm.io.reader import DTYPE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, TensorInfo
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
