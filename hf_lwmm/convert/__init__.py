@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 from hf_lwmm.convert.mmseg import Conversion, class_names, convert_state, read_checkpoint, select_weights
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.hub import CONVERSION_NAME
+from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.io.reader import sha256_of
 from hf_lwmm.refs import ModelRef, download_file
 
@@ -55,8 +54,7 @@ def convert_checkpoint(source: str, output_dir: str | Path, *, weights: str | No
     ``hub_repo`` is where the folder will be pushed, so that the card's usage snippet names it.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise LwmmError(f"--output {output_dir}: exists and is not empty")
+    check_output_folder(output_dir, name="output_dir")  # a folder holding the checkpoint is not empty: refused too
     file, label = _source_file(source, token=token)
     digest = sha256_of(file)
     state, meta = read_checkpoint(file, label=label)
@@ -65,23 +63,16 @@ def convert_checkpoint(source: str, output_dir: str | Path, *, weights: str | No
     conversion = convert_state(selected, num_attention_heads=num_attention_heads, id2label=id2label, weights=chosen, label=label)
     conversion.left_out[:0] = others
     command = _command(source, output_dir, weights=weights, heads=num_attention_heads, id2label_file=id2label_file)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".lwmm-tmp", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir) as staging:
         _write_model(conversion, staging)
         written = {path.name: sha256_of(path) for path in sorted(staging.glob("*.safetensors"))}
-        card_context = {"weights_sha256": written, "source": label, "sha256": digest, "command": command, "repo_hint": hub_repo or output_dir.name,
+        card_context = {"weights_sha256": written, "source": label, "sha256": digest, "command": command,
+                        "repo_hint": hub_repo or output_dir.name,
                         "heads_origin": "given" if num_attention_heads else "MiT's published heads: not stored in checkpoints",
                         "labels_origin": f"from {id2label_file.name}" if id2label_file else "meta['CLASSES']"}
         _write_card(conversion, staging, output_dir.name, card_context)
         _write_record(conversion, staging, source=label, sha256=digest, command=command, weights_sha256=written)
         files = sorted(path.name for path in staging.iterdir())
-        if output_dir.exists():
-            output_dir.rmdir()  # empty, checked above
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ConvertedModel(output_dir, label, digest, conversion, files)
 
 

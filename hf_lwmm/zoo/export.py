@@ -8,13 +8,14 @@ of finished models back from their cards instead of evaluating them again.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import SegformerForSemanticSegmentation, SegformerImageProcessorPil
+
+from hf_lwmm.io.output import staged_folder
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 DATASET_TYPE = "camvid-daydusk"
@@ -113,16 +114,12 @@ def model_card(info: ModelCardInfo, model: SegformerForSemanticSegmentation) -> 
 
 def write_model_folder(folder: Path, *, model: SegformerForSemanticSegmentation, processor: SegformerImageProcessorPil,
                        card: ModelCard) -> Path:
-    """Writes the four Hub files into a temporary sibling and renames it to ``folder``."""
-    folder = Path(folder)
-    partial = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    card.save(partial / "README.md")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
+    """Writes the four Hub files into a staging folder that replaces ``folder`` only once complete."""
+    with staged_folder(Path(folder), overwrite=True) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        card.save(staging / "README.md")
+    return Path(folder)
 
 
 def read_card(folder: Path) -> tuple[Scores, dict[str, object]]:
