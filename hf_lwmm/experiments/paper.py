@@ -40,7 +40,13 @@ def rank_models(context: Context) -> Experiment:
     rows = [single(name) for name in zoo.models]
     results = context.evaluate(rows)
     validation = results[VALIDATION]
-    context.ranking = sorted(zoo.pool, key=lambda name: (-validation[name].mean_iou, name))  # type: ignore[union-attr]
+
+    def rank_key(name: str) -> tuple[float, str]:
+        result = validation[name]
+        assert result is not None  # a single model always has a score
+        return (-result.mean_iou, name)
+
+    context.ranking = sorted(zoo.pool, key=rank_key)
     experiment = Experiment("ranking", "Zoo models alone (the merge pool ranked on dusk/val)", records=context.records(rows, results))
     experiment.records["ranking"] = context.ranking
     order = context.ranking + [name for name in zoo.models if name not in context.ranking]
@@ -120,15 +126,16 @@ def sweeps(context: Context, out: Path) -> Experiment:
                                                       "mean_anchor_weight": choice.chosen.mean_anchor_weight},
                                            "tied": [{"share": c.share, "start_layer": c.start_layer,
                                                      "mean_anchor_weight": c.mean_anchor_weight} for c in choice.tied]}
-    share, start = choose_default(choices)
-    context.default = Setting(share, start)
-    tied_at = [count for count, choice in choices.items() if any((c.share, c.start_layer) == (share, start) for c in choice.tied)]
-    experiment.records["default"] = {"share": share, "start_layer": start, "tied_with_best_at_k": tied_at}
+    default_share, default_start = choose_default(choices)
+    context.default = Setting(default_share, default_start)
+    tied_at = [count for count, choice in choices.items()
+               if any((c.share, c.start_layer) == (default_share, default_start) for c in choice.tied)]
+    experiment.records["default"] = {"share": default_share, "start_layer": default_start, "tied_with_best_at_k": tied_at}
     experiment.tables.append(Table(
         "Settings chosen on dusk/val", ["k", "best (t, start)", "best mIoU %", "tied settings", "chosen (t, start)", "chosen mIoU %"],
         [[str(count), f"{c.best.share:.2g}, {c.best.start_layer}", f"{100 * c.best.mean_iou:.2f}", str(len(c.tied)),
           f"{c.chosen.share:.2g}, {c.chosen.start_layer}", f"{100 * c.chosen.mean_iou:.2f}"] for count, c in choices.items()],
-        [f"One setting for every k (the evidence for `lwmm-hub merge`'s defaults): t = {share:.2g}, start layer {start} — "
+        [f"One setting for every k (the evidence for `lwmm-hub merge`'s defaults): t = {default_share:.2g}, start layer {default_start} — "
          f"tied with the best at k = {', '.join(map(str, tied_at))} of {', '.join(map(str, sizes))}."]))
     return experiment
 
@@ -177,16 +184,16 @@ def table3(context: Context) -> Experiment:
     results = context.evaluate(rows)
     experiment = Experiment("table3", "Table 3: every pair, each model as the anchor (layer-wise)", records=context.records(rows, results))
     for key, values in results.items():
-        cells, better, worse = [], 0, 0
+        cells, better, worse, improved = [], 0, 0, 0
         for anchor, other in pairs:
-            result, reference = values[merged[anchor, other].name], values[anchor]
-            assert result is not None and reference is not None
+            result, reference, other_alone = values[merged[anchor, other].name], values[anchor], values[other]
+            assert result is not None and reference is not None and other_alone is not None  # pool models and their merges
             difference = context.difference(result, reference)
             better += difference.low > 0
             worse += difference.high < 0
-            cells.append([anchor, other, f"{100 * reference.mean_iou:.2f}", f"{100 * values[other].mean_iou:.2f}",  # type: ignore[union-attr]
+            improved += result.mean_iou > reference.mean_iou
+            cells.append([anchor, other, f"{100 * reference.mean_iou:.2f}", f"{100 * other_alone.mean_iou:.2f}",
                           context.score(result), context.delta(result, reference)])
-        improved = sum(values[merged[pair].name].mean_iou > values[pair[0]].mean_iou for pair in pairs)  # type: ignore[union-attr]
         experiment.tables.append(Table(f"{key}: layer-wise merge of two models", ["anchor", "other", "anchor alone", "other alone",
                                                                                   "merged", "Δ vs anchor"], cells,
                                        [f"The merge scores above its anchor in {improved} of {len(pairs)} ordered pairs; "

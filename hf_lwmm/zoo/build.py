@@ -20,7 +20,7 @@ from transformers import SegformerForSemanticSegmentation, SegformerImageProcess
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.zoo.data import FrameSet, LabelSet, concatenate_frames, dataset_label_set, fold_classes, load_frames
 from hf_lwmm.zoo.evaluate import EvalSet, load_eval_set, mean_iou
-from hf_lwmm.zoo.export import ModelCardInfo, Scores, is_complete, model_card, read_card, recipe_dict, write_model_folder
+from hf_lwmm.zoo.export import ModelCardInfo, Scores, ZooMetadata, is_complete, model_card, read_card, recipe_dict, write_model_folder
 from hf_lwmm.zoo.model import Resolution, count_parameters, model_from_base, processor_normalisation, zoo_config, zoo_processor
 from hf_lwmm.zoo.plan import BASE_NAME, COARSE_CLASS, COARSE_FOLD, SOURCE_ONLY, ModelSpec, zoo_plan
 from hf_lwmm.zoo.strategies import uses_target_images
@@ -161,7 +161,7 @@ class ZooBuilder:
         card_recipe = self.card_recipe(spec, recipe, step)
         role = spec.role if is_final else "checkpoint"
         summary = spec.summary if is_final else f"Checkpoint at step {step} of {recipe.steps} of the `{spec.name}` run. {spec.summary}"
-        metadata = {"role": role, "strategy": recipe.strategy, "run": spec.name, "step": step,
+        metadata: ZooMetadata = {"role": role, "strategy": recipe.strategy, "run": spec.name, "step": step,
                     "train_seconds": round(seconds, 1), "device": self.settings.device.type, "recipe": card_recipe}
         info = ModelCardInfo(name=folder.name, summary=summary, role=role, recipe=card_recipe, scores=scores,
                              parameters=count_parameters(model), train_seconds=seconds,
@@ -255,7 +255,7 @@ class ZooBuilder:
         base_spec, fine_tunes = zoo_plan(seed=self.settings.seed, steps_scale=self.settings.steps_scale, crop=self.settings.crop)
         base, entries = self.base_model(base_spec)
         self.write_manifest(entries, fine_tunes, started)
-        base.to(self.settings.device).eval()
+        base.to(self.settings.device).eval()  # type: ignore[arg-type]  # transformers' @wraps(Module.to) typing
         source_only: ZooEntry | None = None
         for spec in fine_tunes:
             finished = self.fine_tune(spec, base, source_only)
@@ -279,6 +279,7 @@ def read_entry(folder: Path) -> ZooEntry:
     """A finished model's entry from its folder: classes from its config, scores, recipe and time from its card."""
     model = SegformerForSemanticSegmentation.from_pretrained(folder)
     scores, zoo = read_card(folder)
+    assert model.config.num_labels is not None  # a segmentation config always has id2label
     return ZooEntry(name=folder.name, role=zoo["role"], strategy=zoo["strategy"], num_labels=model.config.num_labels,
                     decoder_hidden_size=model.config.decoder_hidden_size, parameters=count_parameters(model),
                     scores=scores, train_seconds=float(zoo["train_seconds"]), sha256=weights_sha256(folder),

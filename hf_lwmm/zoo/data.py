@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -84,7 +85,11 @@ class FrameSet:
         return len(self.names)
 
 
-def split_files(split_dir: Path, *, with_labels: bool) -> list[tuple[Path, Path | None]]:
+@overload
+def split_files(split_dir: Path, *, with_labels: Literal[True]) -> Sequence[tuple[Path, Path]]: ...
+@overload
+def split_files(split_dir: Path, *, with_labels: bool) -> Sequence[tuple[Path, Path | None]]: ...
+def split_files(split_dir: Path, *, with_labels: bool) -> Sequence[tuple[Path, Path | None]]:
     """(image, label) pairs of a split (``images/`` + ``labels/``), as ``lwmm-hub eval`` pairs them."""
     image_dir = Path(split_dir) / "images"
     if not image_dir.is_dir():
@@ -100,7 +105,7 @@ def concatenate_frames(frame_sets: Sequence[FrameSet]) -> FrameSet:
     labelled = [frames.labels is not None for frames in frame_sets]
     if not frame_sets or len(set(labelled)) != 1:
         raise LwmmError("concatenate_frames: needs one or more splits, all labelled or all unlabelled")
-    labels = torch.cat([frames.labels for frames in frame_sets]) if labelled[0] else None  # type: ignore[misc]
+    labels = torch.cat([frames.labels for frames in frame_sets if frames.labels is not None]) if labelled[0] else None
     return FrameSet(torch.cat([frames.images for frames in frame_sets]), labels,
                     tuple(name for frames in frame_sets for name in frames.names))
 
@@ -192,7 +197,8 @@ def sample_batch(frames: FrameSet, *, batch_size: int, augmentation: Augmentatio
     """A random batch (with replacement) drawn and augmented using only ``generator``."""
     indices = torch.randint(0, len(frames), (batch_size,), generator=generator).tolist()
     lookup = torch.from_numpy(label_set.lookup.astype(np.int64)) if label_set is not None else None
-    images, labels = [], []
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     for index in indices:
         image = frames.images[index].float() / 255.0
         label = lookup[frames.labels[index].long()] if (frames.labels is not None and lookup is not None) else None
@@ -200,6 +206,7 @@ def sample_batch(frames: FrameSet, *, batch_size: int, augmentation: Augmentatio
         if augmentation.photometric > 0:
             image = _photometric(image, augmentation.photometric, generator)
         images.append(image)
-        labels.append(label)
+        if label is not None:
+            labels.append(label)
     stacked_labels = torch.stack(labels).long() if lookup is not None and frames.labels is not None else None
     return Batch(pixel_values=normalisation(torch.stack(images)), labels=stacked_labels)

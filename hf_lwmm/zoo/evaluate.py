@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -56,4 +57,4 @@ def mean_iou(model: SegformerForSemanticSegmentation, eval_set: EvalSet, *, labe
     predictions = predict(model, eval_set.pixel_values, size=eval_set.labels.shape[-2:])
     reference = label_set.encode(eval_set.labels)
     confusion = confusion_matrix(predictions, reference, label_set.num_labels, ignore_index=IGNORE)
-    return float(iou_from_confusion(confusion)["mean_iou"])
+    return float(cast(float, iou_from_confusion(confusion)["mean_iou"]))  # iou_from_confusion's "mean_iou" is a float

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import SegformerForSemanticSegmentation, SegformerImageProcessorPil
 
 from hf_lwmm.io.output import staged_folder
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 DATASET_TYPE = "camvid-daydusk"
@@ -30,6 +34,18 @@ class Scores:
     dusk_val: float
 
 
+class ZooMetadata(TypedDict, total=False):
+    """A zoo model card's ``lwmm_zoo`` metadata."""
+
+    role: str
+    strategy: str
+    run: str
+    step: int
+    train_seconds: float
+    device: str
+    recipe: dict[str, object]
+
+
 @dataclass(frozen=True)
 class ModelCardInfo:
     """What the card says about a zoo model besides its weights."""
@@ -42,7 +58,7 @@ class ModelCardInfo:
     parameters: int
     train_seconds: float
     base: str | None
-    zoo_metadata: dict[str, object]  # saved as the card's ``lwmm_zoo`` metadata (role, run, step, ...)
+    zoo_metadata: ZooMetadata  # saved as the card's ``lwmm_zoo`` metadata (role, run, step, ...)
     uses_dusk_images: bool  # whether unlabelled dusk/train frames were part of the training
 
 
@@ -59,7 +75,7 @@ def _eval_results(scores: Scores, classes: int) -> list[EvalResult]:
     ]
 
 
-def _card_body(info: ModelCardInfo, config: dict[str, object]) -> str:
+def _card_body(info: ModelCardInfo, config: dict[str, Any]) -> str:
     classes = ", ".join(f"{i} {name}" for i, name in sorted(config["id2label"].items(), key=lambda kv: int(kv[0])))
     frames = "labelled CamVid `day/train`" + (" and unlabelled CamVid `dusk/train` (images only, no labels)"
                                                if info.uses_dusk_images else " only")
@@ -122,7 +138,7 @@ def write_model_folder(folder: Path, *, model: SegformerForSemanticSegmentation,
     return Path(folder)
 
 
-def read_card(folder: Path) -> tuple[Scores, dict[str, object]]:
+def read_card(folder: Path) -> tuple[Scores, ZooMetadata]:
     """The mIoUs and the ``lwmm_zoo`` metadata a finished model's card records (see :func:`model_card`)."""
     data = ModelCard.load(Path(folder) / "README.md").data
     results = {result.dataset_split: result.metric_value for result in data.eval_results}
@@ -130,9 +146,9 @@ def read_card(folder: Path) -> tuple[Scores, dict[str, object]]:
     return scores, data.to_dict()["lwmm_zoo"]
 
 
-def recipe_dict(recipe: object) -> dict[str, object]:
+def recipe_dict(recipe: DataclassInstance) -> dict[str, object]:
     """A dataclass recipe as plain YAML-able values (tuples become lists)."""
-    return _plain(asdict(recipe))
+    return {key: _plain(value) for key, value in asdict(recipe).items()}
 
 
 def _plain(value: object) -> object:

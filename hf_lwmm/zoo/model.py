@@ -12,14 +12,30 @@ few steps in the 60-minute budget to train from scratch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
 
 from hf_lwmm.zoo.data import LabelSet, Normalisation
 
+
+class EncoderShape(TypedDict):
+    """The encoder arguments of :class:`~transformers.SegformerConfig`."""
+
+    num_channels: int
+    num_encoder_blocks: int
+    depths: list[int]
+    sr_ratios: list[int]
+    hidden_sizes: list[int]
+    patch_sizes: list[int]
+    strides: list[int]
+    num_attention_heads: list[int]
+    mlp_ratios: list[int]
+
+
 #: SegFormer-B0's encoder; the zoo's shared architecture
-ENCODER = dict(
+ENCODER = EncoderShape(
     num_channels=3,
     num_encoder_blocks=4,
     depths=[2, 2, 2, 2],
@@ -79,7 +95,9 @@ def zoo_processor(resolution: Resolution) -> SegformerImageProcessorPil:
 
 def processor_normalisation(processor: SegformerImageProcessorPil) -> Normalisation:
     """Training applies exactly the processor's mean/std, so saved models need no other preprocessing."""
-    return Normalisation(mean=tuple(processor.image_mean), std=tuple(processor.image_std))
+    # the processor's statistics are per RGB channel (see zoo_processor)
+    return Normalisation(mean=cast("tuple[float, float, float]", tuple(processor.image_mean)),
+                         std=cast("tuple[float, float, float]", tuple(processor.image_std)))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

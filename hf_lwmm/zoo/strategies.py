@@ -23,10 +23,12 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
 
 from hf_lwmm.zoo.data import IGNORE, Batch
 
@@ -38,6 +40,7 @@ def logits_at_input_size(model: nn.Module, pixel_values: torch.Tensor) -> torch.
 
 
 def source_loss(model: nn.Module, source: Batch) -> torch.Tensor:
+    assert source.labels is not None  # source batches are labelled
     return F.cross_entropy(logits_at_input_size(model, source.pixel_values), source.labels, ignore_index=IGNORE)
 
 
@@ -70,10 +73,10 @@ class Strategy(ABC):
     def after_step(self, student: nn.Module) -> None:
         """Work after the segmenter's optimiser step (teacher EMA, discriminator update)."""
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
         """Restores what :meth:`state_dict` saved."""
 
 
@@ -96,6 +99,7 @@ class EntropyMinimisation(Strategy):
         self.weight = weight
 
     def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
+        assert target is not None  # uses_target
         supervised = source_loss(student, source)
         entropy = normalised_entropy(student(pixel_values=target.pixel_values).logits)
         return StepLoss(supervised + self.weight * entropy, loss_parts(ce=supervised, ent=entropy))
@@ -127,6 +131,7 @@ class MeanTeacherMix(Strategy):
         self.weight = weight
 
     def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
+        assert target is not None and source.labels is not None  # uses_target; source batches are labelled
         supervised = source_loss(student, source)
         with torch.no_grad():
             probabilities = logits_at_input_size(self.teacher, target.pixel_values).softmax(dim=1)
@@ -150,10 +155,10 @@ class MeanTeacherMix(Strategy):
             else:
                 teacher_state[name].copy_(value)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, dict[str, Any]]:
         return {"teacher": self.teacher.state_dict()}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
         self.teacher.load_state_dict(state["teacher"])
 
 
@@ -173,9 +178,12 @@ class OutputAdversarial(Strategy):
     def create(cls, student: nn.Module, options: dict[str, float]) -> Strategy:
         return cls(student, **options)
 
-    def __init__(self, student: nn.Module, *, weight: float, discriminator_width: int, discriminator_lr: float) -> None:
+    def __init__(self, student: nn.Module, *, weight: float, discriminator_width: float, discriminator_lr: float) -> None:
+        """``discriminator_width`` is a whole number (recipe options are floats)."""
         device = next(student.parameters()).device
-        self.discriminator = output_discriminator(student.config.num_labels, width=discriminator_width).to(device)
+        num_labels = cast(PretrainedConfig, student.config).num_labels
+        assert num_labels is not None  # a segmentation config always has id2label
+        self.discriminator = output_discriminator(num_labels, width=int(discriminator_width)).to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=discriminator_lr, betas=(0.9, 0.99))
         self.weight = weight
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -185,6 +193,7 @@ class OutputAdversarial(Strategy):
         return F.binary_cross_entropy_with_logits(scores, torch.full_like(scores, float(is_source)))
 
     def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
+        assert target is not None and source.labels is not None  # uses_target; source batches are labelled
         source_logits = student(pixel_values=source.pixel_values).logits
         supervised = F.cross_entropy(
             F.interpolate(source_logits, size=source.labels.shape[-2:], mode="bilinear", align_corners=False),
@@ -196,6 +205,7 @@ class OutputAdversarial(Strategy):
         return StepLoss(supervised + self.weight * fool, loss_parts(ce=supervised, adv=fool))
 
     def after_step(self, student: nn.Module) -> None:
+        assert self._pending is not None  # set by this step's loss
         source_probabilities, target_probabilities = self._pending
         self.discriminator.requires_grad_(True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -205,10 +215,10 @@ class OutputAdversarial(Strategy):
         self.optimizer.step()
         self._pending = None
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, dict[str, Any]]:
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -236,6 +246,7 @@ class FourierAdaptation(Strategy):
         self.beta = beta
 
     def loss(self, student: nn.Module, source: Batch, target: Batch | None, generator: torch.Generator) -> StepLoss:
+        assert target is not None  # uses_target
         pairing = torch.randperm(len(target.pixel_values), generator=generator).to(target.pixel_values.device)
         restyled = low_frequency_swap(source.pixel_values, target.pixel_values[pairing], beta=self.beta)
         total = source_loss(student, Batch(pixel_values=restyled, labels=source.labels))

@@ -103,7 +103,7 @@ def train(model: SegformerForSemanticSegmentation, *, recipe: TrainingRecipe, da
 
 def _train(model: SegformerForSemanticSegmentation, *, recipe: TrainingRecipe, data: TrainingData, device: torch.device,
            state_path: Path, on_checkpoint: CheckpointCallback, description: str, state_every: int) -> None:
-    model.to(device).train()
+    model.to(device).train()  # type: ignore[arg-type]  # transformers' @wraps(Module.to) types `self` as the first argument
     strategy = make_strategy(recipe.strategy, model, recipe.strategy_options)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     start = _resume(state_path, recipe=recipe, model=model, optimizer=optimizer, strategy=strategy, device=device)
@@ -161,10 +161,12 @@ def _training_step(step: int, *, model: SegformerForSemanticSegmentation, strate
     def stream(name: str) -> torch.Generator:
         return torch.Generator().manual_seed(step_seed(recipe.seed, step, name))
 
-    batch_args = dict(batch_size=recipe.batch_size, augmentation=recipe.augmentation, normalisation=data.normalisation)
-    source = _to(sample_batch(data.source, label_set=data.label_set, generator=stream("source"), **batch_args), device)
-    target = (_to(sample_batch(data.target, label_set=None, generator=stream("target"), **batch_args), device)
-              if strategy.uses_target else None)
+    def batch(frames: FrameSet, label_set: LabelSet | None, name: str) -> Batch:
+        return _to(sample_batch(frames, label_set=label_set, generator=stream(name), batch_size=recipe.batch_size,
+                                augmentation=recipe.augmentation, normalisation=data.normalisation), device)
+
+    source = batch(data.source, data.label_set, "source")
+    target = batch(data.target, None, "target") if strategy.uses_target else None
     for group in optimizer.param_groups:
         group["lr"] = learning_rate_at(step, recipe) * group["lr_scale"]
     optimizer.zero_grad(set_to_none=True)
