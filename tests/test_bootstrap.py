@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hf_lwmm.evaluation.bootstrap import (bootstrap_difference, bootstrap_mean_iou, mean_iou_of, resample_weights)
-from hf_lwmm.evaluation.confusion import iou_from_confusion
+from hf_lwmm.evaluation.bootstrap import bootstrap_difference, bootstrap_mean_iou, resample_weights
+from hf_lwmm.evaluation.confusion import iou_from_confusion, mean_iou
 
 
 def confusion(rows: list[list[int]]) -> np.ndarray:
@@ -20,13 +20,15 @@ IMAGE_B = confusion([[5, 0, 0], [0, 5, 0]])   # mIoU 1
 IMAGE_AB = IMAGE_A + IMAGE_B                  # IoU 9/11 each -> mIoU 9/11
 
 
-def test_mean_iou_of_matches_the_metric_and_skips_absent_classes():
-    assert mean_iou_of(IMAGE_A) == pytest.approx(2 / 3)
-    assert mean_iou_of(IMAGE_AB) == pytest.approx(9 / 11)
+def test_batched_mean_iou_matches_the_metric_and_skips_absent_classes():
+    assert mean_iou(IMAGE_A) == pytest.approx(2 / 3)
+    assert mean_iou(IMAGE_AB) == pytest.approx(9 / 11)
     only_first = confusion([[3, 1, 1], [0, 0, 0]])  # class 1 absent from reference, predicted once
-    assert mean_iou_of(only_first) == pytest.approx(iou_from_confusion(only_first)["mean_iou"])
-    assert mean_iou_of(only_first) == pytest.approx((3 / 5 + 0 / 1) / 2)
-    assert np.isnan(mean_iou_of(np.zeros((2, 3))))
+    assert mean_iou(only_first) == pytest.approx(iou_from_confusion(only_first)["mean_iou"])
+    assert mean_iou(only_first) == pytest.approx((3 / 5 + 0 / 1) / 2)
+    assert np.isnan(mean_iou(np.zeros((2, 3))))
+    batch = np.stack([IMAGE_A, IMAGE_B, IMAGE_AB])
+    assert mean_iou(batch) == pytest.approx([2 / 3, 1.0, 9 / 11])  # one mIoU per matrix
 
 
 def test_resample_weights_draw_every_image_count_times_per_resample():
@@ -59,7 +61,7 @@ def test_paired_difference_of_a_predictor_with_itself_is_zero_and_orders_a_unifo
     perfect = np.stack([IMAGE_B] * 4)
     worse = bootstrap_difference(images, perfect, resamples=2000)
     assert worse.high < 0 and not worse.contains(0.0)
-    assert worse.estimate == pytest.approx(mean_iou_of(images.sum(axis=0)) - 1.0)
+    assert worse.estimate == pytest.approx(mean_iou(images.sum(axis=0)) - 1.0)
     # with two images {A, B} vs perfect: resamples AA, AB, BB give -1/3, -2/11, 0 -> interval [-1/3, 0]
     pair = bootstrap_difference(np.stack([IMAGE_A, IMAGE_B]), np.stack([IMAGE_B, IMAGE_B]), resamples=4000)
     assert (pair.low, pair.high) == (pytest.approx(-1 / 3), pytest.approx(0.0))

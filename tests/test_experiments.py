@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import make_tiny_segformer
-from hf_lwmm.evaluation.bootstrap import mean_iou_of
+from hf_lwmm.evaluation.confusion import mean_iou as confusion_mean_iou
 from hf_lwmm.evaluation.data import load_segmentation_data
 from hf_lwmm.experiments.zoo import COARSE_ROLE, WIDE_HEAD_ROLE, load_zoo
 from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
@@ -176,7 +176,7 @@ def test_per_image_confusions_add_up_to_the_whole_set_score(run_twice):
     report = evaluate_predictors(folders, predictors, load_segmentation_data(str(data / "dusk" / "val")), progress=False, per_image=True)
     for row in report.rows:
         assert row.image_confusions.shape == (3, 5, 6)  # 3 images, 5 classes (+ the out-of-range column)
-        assert mean_iou_of(row.image_confusions.sum(axis=0)) == pytest.approx(row.mean_iou, abs=1e-12)
+        assert confusion_mean_iou(row.image_confusions.sum(axis=0)) == pytest.approx(row.mean_iou, abs=1e-12)
     assert "image_confusions" not in report.to_dict()["rows"][0]
 
 

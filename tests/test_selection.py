@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hf_lwmm.evaluation.bootstrap import mean_iou_of
+from hf_lwmm.evaluation.confusion import mean_iou
 from hf_lwmm.experiments.selection import Candidate, choose_default, choose_most_uniform
 
 RIGHT = np.array([[5, 0, 0], [0, 5, 0]])          # an image scored perfectly
@@ -13,7 +13,7 @@ HALF = np.array([[3, 2, 0], [2, 3, 0]])           # an image half wrong
 
 def candidate(share: float, start: str, weight: float, images: list[np.ndarray]) -> Candidate:
     confusions = np.stack(images)
-    return Candidate(share, start, weight, float(mean_iou_of(confusions.sum(axis=0))), confusions)
+    return Candidate(share, start, weight, float(mean_iou(confusions.sum(axis=0))), confusions)
 
 
 def test_the_most_uniform_setting_within_the_noise_of_the_best_is_chosen():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hf_lwmm.evaluation.confusion import mean_iou
+
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
 
@@ -38,21 +40,6 @@ class Interval:
         return f"{100 * self.estimate:+.2f} [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
 
 
-def mean_iou_of(confusions: np.ndarray) -> np.ndarray:
-    """mIoU of each ``… × C × (C + 1)`` confusion matrix (the last column: predictions outside the
-    classes); classes absent from both reference and prediction are left out, as in
-    :func:`hf_lwmm.evaluation.confusion.iou_from_confusion`."""
-    confusions = np.asarray(confusions, dtype=np.float64)
-    num_labels = confusions.shape[-2]
-    intersection = np.diagonal(confusions[..., :num_labels], axis1=-2, axis2=-1)
-    union = confusions.sum(axis=-1) + confusions[..., :num_labels].sum(axis=-2) - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, intersection / np.where(union > 0, union, 1), np.nan)
-    present = union > 0
-    return np.where(present.any(axis=-1), np.nansum(np.where(present, iou, 0), axis=-1) / np.maximum(present.sum(axis=-1), 1),
-                    np.nan)
-
-
 def resample_weights(num_images: int, *, resamples: int, seed: int) -> np.ndarray:
     """How often each image is drawn in each resample (``resamples × num_images``, rows sum to ``num_images``)."""
     rng = np.random.default_rng(seed)
@@ -64,7 +51,7 @@ def resample_weights(num_images: int, *, resamples: int, seed: int) -> np.ndarra
 
 def _resampled(confusions: np.ndarray, weights: np.ndarray) -> np.ndarray:
     flat = np.asarray(confusions, dtype=np.float64).reshape(len(confusions), -1)
-    return mean_iou_of((weights @ flat).reshape(len(weights), *confusions.shape[1:]))
+    return mean_iou((weights @ flat).reshape(len(weights), *confusions.shape[1:]))
 
 
 def _check(confusions: np.ndarray) -> np.ndarray:
@@ -88,7 +75,7 @@ def bootstrap_mean_iou(confusions: np.ndarray, *, resamples: int = DEFAULT_RESAM
     """
     confusions = _check(confusions)
     weights = resample_weights(len(confusions), resamples=resamples, seed=seed)
-    return _interval(float(mean_iou_of(confusions.sum(axis=0))), _resampled(confusions, weights), level)
+    return _interval(float(mean_iou(confusions.sum(axis=0))), _resampled(confusions, weights), level)
 
 
 def bootstrap_difference(first: np.ndarray, second: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
@@ -98,5 +85,5 @@ def bootstrap_difference(first: np.ndarray, second: np.ndarray, *, resamples: in
     if first.shape != second.shape:
         raise ValueError(f"paired difference: confusions of shape {first.shape} and {second.shape} (same images and classes needed)")
     weights = resample_weights(len(first), resamples=resamples, seed=seed)
-    estimate = float(mean_iou_of(first.sum(axis=0)) - mean_iou_of(second.sum(axis=0)))
+    estimate = float(mean_iou(first.sum(axis=0)) - mean_iou(second.sum(axis=0)))
     return _interval(estimate, _resampled(first, weights) - _resampled(second, weights), level)

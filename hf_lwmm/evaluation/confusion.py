@@ -29,6 +29,25 @@ def confusion_matrix(prediction: np.ndarray, reference: np.ndarray, num_labels: 
     return np.bincount(pairs, minlength=num_labels * (num_labels + 1)).reshape(num_labels, num_labels + 1)
 
 
+def class_iou(confusions: np.ndarray) -> np.ndarray:
+    """Per-class IoU of one or many confusion matrices (``… × C × (C + 1)``, or ``(C + 1) × (C + 1)`` with the
+    out-of-range references as a last row): ``… × C``, NaN for classes absent from both sides."""
+    confusions = np.asarray(confusions, dtype=np.float64)
+    num_labels = confusions.shape[-1] - 1
+    intersection = np.diagonal(confusions[..., :num_labels, :num_labels], axis1=-2, axis2=-1)
+    area_reference = confusions[..., :num_labels, :].sum(axis=-1)
+    area_prediction = confusions[..., :num_labels].sum(axis=-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return intersection / (area_reference + area_prediction - intersection)
+
+
+def mean_iou(confusions: np.ndarray) -> np.ndarray:
+    """mIoU of one or many confusion matrices (see :func:`class_iou`): classes absent from both sides are skipped."""
+    iou = class_iou(confusions)
+    present = np.isfinite(iou)
+    return np.where(present.any(axis=-1), np.where(present, iou, 0.0).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1), np.nan)
+
+
 def iou_from_confusion(confusion: np.ndarray) -> dict[str, object]:
     """mean IoU, accuracies and per-class values; classes absent from both sides are NaN and skipped.
 
@@ -39,14 +58,12 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, object]:
     num_labels = confusion.shape[1] - 1
     intersection = np.diag(confusion[:num_labels, :num_labels])
     area_reference = confusion[:num_labels].sum(axis=1)
-    area_prediction = confusion[:, :num_labels].sum(axis=0)
-    union = area_reference + area_prediction - intersection
+    iou = class_iou(confusion)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = intersection / union
         accuracy = intersection / area_reference
     total = area_reference.sum()
     return {
-        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "mean_iou": float(mean_iou(confusion)),
         "mean_accuracy": float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else float("nan"),
         "overall_accuracy": float(intersection.sum() / total) if total else float("nan"),
         "per_category_iou": iou,
