@@ -21,7 +21,6 @@ folder), :func:`open_headers` gives its tensors for aligning, :func:`fetch` does
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from hf_lwmm.console import note
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io.reader import (
     PICKLE_INDEX_NAME,
@@ -60,7 +60,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _PICKLE_SHARD = re.compile(r"^pytorch_model-\d+-of-\d+\.bin$")
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -253,8 +252,8 @@ def resolve_remote(ref: ModelRef | str, *, token: str | bool | None = None, allo
                 pr_info = api.model_info(ref.repo, revision=pr_ref.revision, files_metadata=True)
                 pr_listing = _listing(pr_info, pr_ref)
                 if _safetensors_files(pr_listing):
-                    logger.warning(f"model {ref}: main has only pickle weights; using the Hub's safetensors conversion "
-                                   f"pull request {pr_ref} (commit {pr_info.sha})")
+                    note(f"model {ref}: main has only pickle weights; using the Hub's safetensors conversion "
+                         f"pull request {pr_ref} (commit {pr_info.sha})")
                     ref, info, listing = pr_ref, pr_info, pr_listing
         assert info.sha is not None
         weights = _safetensors_files(listing)
