@@ -3,13 +3,19 @@
 The card is rendered with huggingface_hub's ``ModelCard.from_template`` from ``model_cards/lwmm_merge.md``
 and records everything needed to reproduce the merge: sources at resolved revisions, per-layer weights,
 the recipe, the weights' sha256 and the command that replays the recipe. The method's description,
-formula (layer-wise only), parameters and citation come from the method's own declaration.
+formula (layer-wise only), parameters, per-layer table and citation come from the method's own declaration.
+
+The card never shows a local path: a local source (or data folder) appears by its folder name and, for
+sources, its weights' sha256. ``lwmm_recipe.yaml`` keeps the paths (a local replay needs them) until the
+folder is pushed: :func:`published_files` is what a push uploads (paths → names, title → the repo).
 
 Layering: reads a :class:`~hf_lwmm.result.MergeResult`; the executor calls it, it never imports the executor.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 from importlib import resources
 from pathlib import Path
@@ -18,22 +24,28 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hf_lwmm.align import TensorStatus, alignment_counts
-from hf_lwmm.methods import METHODS
+from hf_lwmm.methods import METHODS, LayerTable
 from hf_lwmm.plotting import new_figure
-from hf_lwmm.recipe import RECIPE_FORMAT, RECIPE_NAME
-from hf_lwmm.result import MergeResult
+from hf_lwmm.recipe import RECIPE_FORMAT, RECIPE_NAME, find_anchor
+from hf_lwmm.result import CardEvaluation, MergeResult
 
 if TYPE_CHECKING:
-    from huggingface_hub import ModelCard
+    from huggingface_hub import EvalResult, ModelCard
 
 PLOT_NAME = "lwmm_weights.png"
 CARD_NAME = "README.md"
 TEMPLATE_NAME = "lwmm_merge.md"
 _MAX_ALIGNMENT_LINES = 20
+#: ``model-index`` needs a ``dataset.type`` (a Hub dataset id); a local folder has none, and says so
+LOCAL_DATASET_TYPE = "local"
+_USAGE = re.compile(r'(from_pretrained\(")[^"]*("\))')
 
 
 def source_records(result: MergeResult) -> list[dict[str, Any]]:
-    """One record per source: reference as given, resolved commit, role, label count, model type, weights' sha256."""
+    """One record per source: reference as given, resolved commit, role, label count, model type, weights' sha256.
+
+    A local folder has no commit (``None``): that is what marks it local in a recipe file.
+    """
     from hf_lwmm.io import weights_sha256
 
     return [
@@ -62,6 +74,46 @@ def recipe_document(result: MergeResult) -> dict[str, Any]:
     }
 
 
+def local_name(text: str) -> str:
+    """A local path as a published card names it: the folder's name."""
+    return Path(text).expanduser().resolve().name
+
+
+def _names_a_local_path(value: object) -> bool:
+    return isinstance(value, str) and (os.path.isabs(os.path.expanduser(value)) or Path(value).expanduser().exists())
+
+
+def published_document(document: dict[str, Any]) -> dict[str, Any]:
+    """A recipe document without local paths: local sources (no commit) and local parameter values by folder name.
+
+    Hub sources keep their ids and commits; the sources' weights sha256 stay, so a published recipe still
+    says which weights were merged. The result is ``document`` itself when it names no local path.
+    """
+    records = document.get("sources") or []
+    recipe = document.get("recipe") or {}
+    local = [index for index, record in enumerate(records) if not record.get("commit")]
+    parameters = recipe.get("parameters") or {}
+    local_parameters = [name for name, value in parameters.items() if _names_a_local_path(value)]
+    if not local and not local_parameters:
+        return document
+    models = list(recipe.get("models") or [])
+    anchor = recipe.get("anchor")
+    anchor_index = None if anchor is None else find_anchor([str(model) for model in models], anchor)
+    published_models = [local_name(str(model)) if index in local else model for index, model in enumerate(models)]
+    published_recipe = {**recipe, "models": published_models,
+                        "parameters": {**parameters, **{name: local_name(parameters[name]) for name in local_parameters}}}
+    if anchor_index is not None:
+        published_recipe["anchor"] = published_models[anchor_index]
+    published_records = [{**record, "ref": local_name(str(record["ref"]))} if index in local else record
+                         for index, record in enumerate(records)]
+    return {**document, "recipe": published_recipe, "sources": published_records}
+
+
+def local_sources(document: dict[str, Any]) -> list[str]:
+    """The recorded sources that are local folders (no commit), by folder name."""
+    return [local_name(str(record["ref"])) for record in document.get("sources") or [] if not record.get("commit")]
+
+
 def reproduce_command(result: MergeResult) -> str:
     """The command that replays the recorded recipe (any method; Hub sources pinned at their resolved commits)."""
     return shlex.join(["lwmm-hub", "merge", "--recipe", RECIPE_NAME, "--output", result.output_dir.name])
@@ -72,27 +124,40 @@ def method_description(result: MergeResult) -> dict[str, Any]:
     method = METHODS[result.recipe.method]
     fields = method.Parameters.model_fields
     meaning = {**{name: field.description or "" for name, field in fields.items()}, **method.derived}
-    parameters = [{"name": name, "value": value, "description": meaning.get(name, "")}
+    parameters = [{"name": name, "value": local_name(str(value)) if _names_a_local_path(value) else value,
+                   "description": meaning.get(name, "")}
                   for name, value in result.method_parameters.items() if value is not None]
     return {"summary": method.summary, "formula": method.formula, "citation": method.citation, "parameters": parameters}
 
 
+def layer_table(result: MergeResult) -> LayerTable | None:
+    """What the method shows per layer (``None``: the same weights everywhere, no table and no plot)."""
+    return result.plan.method.layer_table(result.layer_weights)
+
+
+def display_labels(result: MergeResult) -> list[str]:
+    """The sources as the card names them: Hub references as given, local folders by their name."""
+    return [local_name(str(model.ref)) if model.ref.is_local else str(model.ref) for model in result.models]
+
+
 def plot_layer_weights(result: MergeResult, path: Path) -> None:
-    """Each model's weight per shared layer, the anchor highlighted."""
-    layers = result.layer_weights
-    figure, axis = new_figure(max(6.0, len(layers) * 0.12), 3.2)
-    for index, label in enumerate(result.alignment.labels):
+    """Each model's value per shared layer (the method's :class:`LayerTable`), the anchor highlighted."""
+    table = layer_table(result)
+    if table is None:
+        return
+    figure, axis = new_figure(max(6.0, len(table.rows) * 0.12), 3.2)
+    for index, label in enumerate(display_labels(result)):
         is_anchor = index == result.anchor
-        axis.plot([row.index for row in layers], [row.weights[index] for row in layers],
+        axis.plot([row.index for row in table.rows], [row.weights[index] for row in table.rows],
                   linewidth=2.2 if is_anchor else 1.0, linestyle="-" if is_anchor else (0, (4, 1 + index)),
                   label=f"{label} (anchor)" if is_anchor else label)
     start = result.method_parameters.get("start_layer")
     if isinstance(start, int):
         axis.axvline(start, color="grey", linestyle=":", linewidth=1, label=f"start layer {start}")
     axis.set_xlabel("shared layer (shallow → deep)")
-    axis.set_ylabel("weight")
+    axis.set_ylabel(table.quantity)
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title(f"{result.recipe.method} merge: weight per layer")
+    axis.set_title(f"{result.recipe.method} merge: {table.quantity} per layer")
     axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -100,7 +165,6 @@ def plot_layer_weights(result: MergeResult, path: Path) -> None:
 
 def _alignment_details(result: MergeResult) -> dict[str, Any]:
     counts = alignment_counts(result.alignment)
-    labels = result.alignment.labels
     details = []
     for tensor in result.alignment.tensors.values():
         if tensor.status is TensorStatus.SHAPE_MISMATCH:
@@ -111,7 +175,7 @@ def _alignment_details(result: MergeResult) -> dict[str, Any]:
             fate = "anchor's" if result.anchor in tensor.names else "dropped"
             details.append(f"`{tensor.key}`: only in {owners} → {fate}")
     if len(details) > _MAX_ALIGNMENT_LINES:
-        more = f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(labels)}`)"
+        more = f"… and {len(details) - _MAX_ALIGNMENT_LINES} more (`lwmm-hub align {' '.join(display_labels(result))}`)"
         details = details[:_MAX_ALIGNMENT_LINES] + [more]
     return {
         "shared": counts[TensorStatus.SHARED.value],
@@ -121,13 +185,37 @@ def _alignment_details(result: MergeResult) -> dict[str, Any]:
     }
 
 
+def model_index_results(evaluation: CardEvaluation) -> list[EvalResult]:
+    """The merge's mean IoU (%) as ``model-index`` records it: a Hub dataset by id, revision and split; a local
+    folder by its name, with :data:`LOCAL_DATASET_TYPE` where the spec requires a dataset id."""
+    from huggingface_hub import EvalResult
+
+    return [EvalResult(task_type="image-segmentation", task_name="Semantic Segmentation",
+                       dataset_type=LOCAL_DATASET_TYPE if evaluation.local else evaluation.dataset, dataset_name=evaluation.dataset,
+                       dataset_split=evaluation.split, dataset_revision=evaluation.revision, metric_type="mean_iou",
+                       metric_name="mean IoU (%)", metric_value=round(100 * evaluation.merge_row.mean_iou, 4))]
+
+
+def one_line_summary(result: MergeResult, labels: list[str]) -> str:
+    """What was merged and why, for the top of the card."""
+    model_types = sorted({model.model_type for model in result.models if model.model_type})
+    kind = f"{'/'.join(model_types)} " if model_types else ""
+    names = ", ".join(f"`{label}`" for label in labels)
+    return (f"A **{result.recipe.method}** merge of {len(labels)} {kind}semantic-segmentation models ({names}; anchor "
+            f"`{labels[result.anchor]}`) into one model: their adaptations combined in a single stock `transformers` "
+            f"model, at the inference cost of one model instead of {len(labels)} for their output ensemble.")
+
+
 def build_card(result: MergeResult) -> ModelCard:
     """Render the card; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from hf_lwmm import __version__
 
-    sources = source_records(result)
+    document = recipe_document(result)
+    published = published_document(document)
+    sources = published["sources"]
+    labels = display_labels(result)
     hub_ids = list(dict.fromkeys(model.ref.repo_id for model in result.models if not model.ref.is_local))
     model_types = {source["model_type"] for source in sources if source["model_type"]}
     metadata: dict[str, Any] = {
@@ -138,35 +226,72 @@ def build_card(result: MergeResult) -> ModelCard:
     }
     if hub_ids:
         metadata.update(base_model=hub_ids, base_model_relation="merge")
-    if result.eval_results:
-        metadata.update(model_name=result.output_dir.name, eval_results=result.eval_results)
+    if result.evaluation is not None:
+        metadata.update(model_name=result.title, eval_results=model_index_results(result.evaluation))
     card_data = ModelCardData(**metadata)
     template = resources.files("hf_lwmm.model_cards").joinpath(TEMPLATE_NAME).read_text()
-    recipe_yaml = yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True).rstrip()
     return ModelCard.from_template(
         card_data,
         template_str=template,
-        model_name=result.output_dir.name,
+        title=result.title,
+        summary=one_line_summary(result, labels),
         repo_hint=result.hub_repo or result.output_dir.name,
         tool_version=__version__,
         method=result.recipe.method,
         description=method_description(result),
         bn_stats=result.recipe.bn_stats,
         sources=sources,
+        layer_table=layer_table(result),
+        plot_name=PLOT_NAME,
         num_layers=len(result.layer_weights),
-        layer_weights=result.layer_weights,
         alignment=_alignment_details(result),
         merged_tensors=result.merged_tensors,
         anchor_tensors=result.anchor_tensors,
-        eval_results=result.eval_results,
-        recipe_yaml=recipe_yaml,
+        evaluation=result.evaluation,
+        recipe_yaml=yaml.safe_dump(published, sort_keys=False, allow_unicode=True).rstrip(),
         sha256=result.sha256,
         command=reproduce_command(result),
     )
 
 
 def write_card_files(result: MergeResult, folder: Path) -> None:
-    """Write ``lwmm_recipe.yaml``, the weight plot and ``README.md`` into ``folder``."""
+    """Write ``lwmm_recipe.yaml``, the per-layer plot (when the method has a per-layer table) and ``README.md``."""
     (folder / RECIPE_NAME).write_text(yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True))
     plot_layer_weights(result, folder / PLOT_NAME)
     build_card(result).save(folder / CARD_NAME)
+
+
+def published_files(folder: Path, repo_id: str) -> dict[str, bytes]:
+    """What a push uploads instead of the folder's ``README.md`` and ``lwmm_recipe.yaml``: the card titled and
+    used as ``repo_id``, the recipe without local paths. Files that need no change are left out (uploaded as they are)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from hf_lwmm.recipe import read_recipe_document
+
+    replaced: dict[str, bytes] = {}
+    if not (folder / RECIPE_NAME).is_file():
+        return replaced  # not a merge (e.g. a converted checkpoint): pushed as it is
+    document = read_recipe_document(folder / RECIPE_NAME, written_by_merge=True)
+    published = published_document(document)
+    if published is not document:
+        replaced[RECIPE_NAME] = yaml.safe_dump(published, sort_keys=False, allow_unicode=True).encode()
+    card_path = folder / CARD_NAME
+    if card_path.is_file():
+        text = card_path.read_text(encoding="utf-8")
+        card = ModelCard(text)
+        body = _retitled(card.text, repo_id)
+        data = card.data
+        assert isinstance(data, ModelCardData)
+        if data.eval_results and data.model_name != repo_id:
+            data.model_name = repo_id  # the model-index's name
+            card.text = body
+            replaced[CARD_NAME] = str(card).encode()
+        elif body != card.text:
+            replaced[CARD_NAME] = (text[: len(text) - len(card.text)] + body).encode()
+    return replaced
+
+
+def _retitled(body: str, repo_id: str) -> str:
+    """The card's body with its title and usage snippet naming ``repo_id``."""
+    body = re.sub(r"^# .*$", lambda _: f"# {repo_id}", body, count=1, flags=re.MULTILINE)
+    return _USAGE.sub(lambda match: f"{match[1]}{repo_id}{match[2]}", body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,11 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from hf_lwmm.card import CARD_NAME
+from hf_lwmm.card import CARD_NAME, local_sources, published_files
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.io import sha256_of, weights_sha256
-from hf_lwmm.recipe import RECIPE_NAME, RunOptions, pinned_source, read_recipe_document, recipe_of_document
-from hf_lwmm.refs import CONFIG_NAME, ModelRef, describe_hub_error, is_repo_id, snapshot
+from hf_lwmm.recipe import RECIPE_NAME, MergeRecipe, RunOptions, pinned_source, read_recipe_document, recipe_of_document
+from hf_lwmm.refs import CONFIG_NAME, HUB_ALLOW_PATTERNS, ModelRef, describe_hub_error, is_repo_id, snapshot
 
 #: The record ``lwmm-hub convert`` writes beside a converted model (source, its sha256, what was left out).
 CONVERSION_NAME = "lwmm_conversion.yaml"
@@ -31,6 +32,7 @@ CONVERSION_NAME = "lwmm_conversion.yaml"
 PUSH_PATTERNS = ("*.safetensors", "model.safetensors.index.json", CONFIG_NAME, "preprocessor_config.json",
                  "README.md", RECIPE_NAME, CONVERSION_NAME, "*.png")
 MAIN_BRANCH = "main"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 _COLLECTION_SLUG = re.compile(r"^[\w.-]+/[\w.-]+-[0-9a-f]{24}$")
 _MAX_NOTE = 500  # the Hub's limit on a collection item's note
 
@@ -118,6 +120,41 @@ def default_commit_message(document: dict[str, Any]) -> str:
     return f"Add {document['recipe'].get('method', 'lwmm')} merge of {count} models (lwmm-hub)"
 
 
+def warn_local_sources(document: dict[str, Any], repo_id: str) -> None:
+    """One line on stderr when the merge used local folders: the card names them, but the Hub cannot replay it."""
+    local = local_sources(document)
+    if local:
+        print(f"warning: {repo_id}: {len(local)} source(s) are local folders ({', '.join(local)}): the card records their "
+              "names and weights sha256, but the merge cannot be reproduced from the Hub; push the sources first "
+              "(lwmm-hub merge … --push-to-hub REPO --push-sources ORG does)", file=sys.stderr)
+
+
+def push_local_sources(recipe: MergeRecipe, org: str, *, token: str | None = None) -> MergeRecipe:
+    """Push each local source folder as ``org/<folder name>`` (config, preprocessor, safetensors weights; one commit
+    each) and return the recipe merging those Hub repos, pinned at the commits just made, so the card records them."""
+    if not _NAMESPACE.match(org):
+        raise LwmmError(f"--push-sources {org!r}: expected a Hub user or organization name")
+    api = HfApi(token=require_token(token))
+    models = list(recipe.models)
+    for index, ref in enumerate(recipe.refs):
+        if not ref.is_local:
+            continue
+        assert ref.path is not None
+        folder = ref.path.expanduser().resolve()
+        if not any(folder.glob("*.safetensors")):
+            raise LwmmError(f"--push-sources: {ref}: no safetensors weights to push")
+        repo_id = f"{org}/{folder.name}"
+        try:
+            api.create_repo(repo_id, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=list(HUB_ALLOW_PATTERNS),
+                                       commit_message=f"Add {folder.name} (source of an lwmm-hub merge)")
+        except Exception as err:  # any transfer failure ends the same way
+            raise LwmmError(f"--push-sources: pushing {ref} to {repo_id} failed: {describe_hub_error(err)}") from err
+        models[index] = f"{repo_id}@{commit.oid}"
+    anchor = None if recipe.anchor is None else models[recipe.anchor_index]
+    return recipe.replace(models=models, anchor=anchor)
+
+
 def check_repo_id(repo_id: str) -> None:
     """Refuse, before any work, a target that is not a Hub repo id ``namespace/name``."""
     if not is_repo_id(repo_id):
@@ -197,12 +234,14 @@ def push_folder(folder: Path, repo_id: str, options: PushOptions = PushOptions()
         if new_branch:
             api.create_branch(repo_id, branch=revision)
         head = api.repo_info(repo_id, revision=revision).sha
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in names]
+        published = published_files(folder, repo_id)  # the card titled for repo_id, no local paths
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=published.get(name, folder / name)) for name in names]
         commit = api.create_commit(repo_id, operations, commit_message=options.commit_message or message,
                                    commit_description=description, revision=revision)
     except Exception as err:  # any transfer failure (HTTP, network, card validation) ends the same way
         raise LwmmError(f"push to {repo_id} failed: {describe_hub_error(err)}. The merged model is intact in {folder}; "
                         f"retry with: {retry}") from err
+    warn_local_sources(document, repo_id)  # once pushed: a refused push says only why
     slug = None
     if options.collection:
         try:

@@ -38,7 +38,7 @@ Copies = Callable[[dict[int, str], "torch.Tensor | None"], Iterator[torch.Tensor
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
-          hub_repo: str | None = None) -> MergeResult:
+          hub_repo: str | None = None, name: str | None = None) -> MergeResult:
     """Plan the recipe and execute the plan into ``output_dir`` (a stock transformers model folder with its card).
 
     The output folder and the device are checked first: a refused output costs no download and no planning.
@@ -46,7 +46,7 @@ def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | Non
     options = options or RunOptions()
     check_output(output_dir, recipe, options)
     resolve_device(options.device)
-    return execute(plan_merge(recipe, options), output_dir, options, hub_repo=hub_repo)
+    return execute(plan_merge(recipe, options), output_dir, options, hub_repo=hub_repo, name=name)
 
 
 def check_output(output_dir: str | Path, recipe: MergeRecipe, options: RunOptions, *, name: str = "output_dir") -> None:
@@ -57,12 +57,12 @@ def check_output(output_dir: str | Path, recipe: MergeRecipe, options: RunOption
 
 
 def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None = None, *,
-            hub_repo: str | None = None) -> MergeResult:
+            hub_repo: str | None = None, name: str | None = None) -> MergeResult:
     """Stream the plan into ``output_dir``: weights, configs, then the card, recipe and plot.
 
     ``output_dir`` may not be, contain or lie inside a model folder of the plan, nor be a non-empty folder
-    unless ``options.overwrite``. ``hub_repo`` is where the folder will be pushed, so that the card's usage
-    snippet names it.
+    unless ``options.overwrite``. ``hub_repo`` is where the folder will be pushed (the card's title and usage
+    snippet name it); ``name`` titles the card otherwise (default: the folder's name).
     """
     options = options or RunOptions()
     output_dir = Path(output_dir)
@@ -76,7 +76,7 @@ def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None 
     with staged_folder(output_dir, overwrite=options.overwrite) as staging:
         sha256 = write_weights(plan, staging, device=device, progress=options.progress)
         _copy_configs(models[plan.anchor].folder, staging, plan.recipe.dtype)
-        result = MergeResult(plan, output_dir, sha256, hub_repo=hub_repo)
+        result = MergeResult(plan, output_dir, sha256, hub_repo=hub_repo, name=name)
         write_card_files(result, staging)
         result.files = sorted(path.name for path in staging.iterdir())
     return result

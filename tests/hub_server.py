@@ -19,7 +19,7 @@ the part of the Hub's HTTP protocol that ``huggingface_hub`` (2.x, with ``HF_HUB
   ``discussions_page_size``, newest first) and fetched one by one;
 * ``weight_bytes_served``: how many tensor-data bytes the server sent (safetensors data sections and
   whole pickle files; safetensors headers do not count), so tests can tell a header read from a download;
-* ``api/whoami-v2``, ``api/validate-yaml`` (YAML, ``base_model`` and ``base_model_relation`` checks);
+* ``api/whoami-v2``, ``api/validate-yaml`` (YAML, ``base_model``, ``base_model_relation`` and ``model-index`` checks);
 * collections: create (409 on a duplicate title), get, list by owner, add an item with a note;
 * auth: 401 without a valid token on writes and on private repos, 403 outside the token's namespaces
   or with a read token; 404s carry the ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``,
@@ -44,8 +44,8 @@ Use in a test module::
         ...                                             # hub.requests records (method, path, status)
 
 Limits: repo ids are always ``namespace/name``; PRs cannot be merged, commented on or closed over HTTP
-(tests call ``Repo.pulls``); no spaces, Xet, multipart LFS or pagination outside discussions; ``validate-yaml`` checks only YAML syntax, ``base_model`` and
-``base_model_relation``.
+(tests call ``Repo.pulls``); no spaces, Xet, multipart LFS or pagination outside discussions; ``validate-yaml``
+checks only YAML syntax, ``base_model``, ``base_model_relation`` and the required fields of ``model-index``.
 """
 
 from __future__ import annotations
@@ -432,6 +432,45 @@ def metadata_errors(metadata: Any) -> list[str]:
     relation = metadata.get("base_model_relation")
     if relation is not None and relation not in BASE_MODEL_RELATIONS:
         errors.append(f'"base_model_relation" must be one of {", ".join(BASE_MODEL_RELATIONS)}')
+    if "model-index" in metadata:
+        errors += model_index_errors(metadata["model-index"])
+    return errors
+
+
+def model_index_errors(model_index: Any) -> list[str]:
+    """The ``model-index`` spec (hub-docs ``modelcard.md``): each result names ``task.type``, ``dataset.type``
+    and ``dataset.name``, and its metrics a ``type`` and a ``value``; the optional fields, when given, are strings."""
+    if not isinstance(model_index, list):
+        return ['"model-index" must be a list']
+    errors = []
+    for i, entry in enumerate(model_index):
+        where = f"model-index[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            errors.append(f'"{where}.name" is required and must be a string')
+            continue
+        results = entry.get("results")
+        if not isinstance(results, list):
+            errors.append(f'"{where}.results" must be a list')
+            continue
+        for j, result in enumerate(results):
+            at = f"{where}.results[{j}]"
+            task, dataset = (result.get("task"), result.get("dataset")) if isinstance(result, dict) else (None, None)
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                errors.append(f'"{at}.task.type" is required and must be a string')
+            if not isinstance(dataset, dict):
+                errors.append(f'"{at}.dataset" is required')
+            else:
+                errors += [f'"{at}.dataset.{key}" is required and must be a string' for key in ("type", "name")
+                           if not isinstance(dataset.get(key), str)]
+                errors += [f'"{at}.dataset.{key}" must be a string' for key in ("config", "split", "revision")
+                           if key in dataset and not isinstance(dataset[key], str)]
+            if not isinstance(metrics, list) or not metrics:
+                errors.append(f'"{at}.metrics" must be a non-empty list')
+                continue
+            for k, metric in enumerate(metrics):
+                if not isinstance(metric, dict) or not isinstance(metric.get("type"), str) or metric.get("value") is None:
+                    errors.append(f'"{at}.metrics[{k}]" needs a "type" (string) and a "value"')
     return errors
 
 

@@ -26,8 +26,11 @@ def test_card_metadata_parses_and_lists_every_source(tiny_models, tmp_path):
     data = card.data.to_dict()
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
     assert {"merge", "lwmm", "segformer"} <= set(data["tags"])
-    assert [s["ref"] for s in data["lwmm_sources"]] == [str(m) for m in tiny_models]
+    assert [s["ref"] for s in data["lwmm_sources"]] == ["model_0", "model_1", "model_2"]  # local folders by name, no path
+    assert [s["weights_sha256"] for s in data["lwmm_sources"]] == [
+        {"model.safetensors": hashlib.sha256((m / "model.safetensors").read_bytes()).hexdigest()} for m in tiny_models]
     assert [s["role"] for s in data["lwmm_sources"]] == ["source", "anchor", "source"]
+    assert str(tmp_path) not in (tmp_path / "out" / "README.md").read_text()
     assert "base_model" not in data  # local folders are not Hub repos
     digest = hashlib.sha256((tmp_path / "out" / "model.safetensors").read_bytes()).hexdigest()
     assert result.sha256 == {"model.safetensors": digest} and digest in card.text

@@ -1,11 +1,10 @@
-"""``lwmm-hub compare`` and ``merge --eval-dataset``: rows, anchors, costs, and eval results in the card."""
+"""``lwmm-hub compare``: rows, anchors and costs (``merge --eval-dataset`` in the card: test_card.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from huggingface_hub import ModelCard
 
 from helpers import make_tiny_segformer
 from hf_lwmm.recipe import RunOptions
@@ -48,15 +47,3 @@ def test_compare_with_an_unknown_anchor_is_one_line(setting, capsys):
     tmp_path, models, data = setting
     assert main(["compare", *models, "--dataset", str(data), "--anchor", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "c")]) == 2
     assert "--anchor" in capsys.readouterr().err.strip().splitlines()[-1]
-
-
-def test_merge_eval_dataset_records_eval_results_in_the_card(setting):
-    tmp_path, models, data = setting
-    output = tmp_path / "merged"
-    assert main(["merge", *models, "--output", str(output), "--eval-dataset", str(data)]) == 0
-    card = ModelCard.load(output / "README.md")
-    (result,) = card.data.eval_results
-    assert (result.task_type, result.metric_type) == ("image-segmentation", "mean_iou")
-    assert result.dataset_type == f"{tmp_path.name}/data"
-    assert result.metric_value == pytest.approx(single_model_miou(output, data), abs=1e-12)
-    assert "## Evaluation" in card.text

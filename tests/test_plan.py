@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from hf_lwmm import MergeRecipe, RunOptions, execute, merge, plan_merge
@@ -120,32 +119,6 @@ def test_custom_methods_receive_fresh_tensors_unless_they_opt_in(tiny_models, tm
     merge(MergeRecipe(models=tiny_models, method=SharingMerge.name), tmp_path / "shared", QUIET)
     assert len(SharingMerge.pointers) == 1  # every copy of every tensor read into the one buffer
     torch.testing.assert_close(load_file(tmp_path / "shared" / "model.safetensors")[MID], sources.mean(dim=0))
-
-
-def test_card_describes_each_method_from_its_declaration(tmp_path):
-    from PIL import Image
-
-    models = [make_tiny_segformer(tmp_path / f"m{i}", seed=i) for i in range(2)]
-    (tmp_path / "images" / "images").mkdir(parents=True)
-    Image.new("RGB", (20, 20), (10, 120, 200)).save(tmp_path / "images" / "images" / "0.png")
-    parameters = {"layerwise": {"alpha": 0.4}, "isotropic": {}, "linear": {"weights": [0.25, 0.75]},
-                  "fisher": {"fisher_data": str(tmp_path / "images"), "fisher_samples": 1}}
-    cards = {}
-    for method, values in parameters.items():
-        merge(MergeRecipe(models=models, method=method, parameters=values), tmp_path / method, QUIET)
-        cards[method] = ModelCard.load(tmp_path / method / "README.md").text
-        assert f"lwmm-hub merge --recipe lwmm_recipe.yaml --output {method}" in cards[method]
-    formula = "λa(l) = α + (1 − α)(l − s)/(L − s)"
-    assert formula in cards["layerwise"] and all(formula not in cards[m] for m in ("isotropic", "linear", "fisher"))
-    assert "| `alpha` | `0.4` | anchor weight α in the early layers" in cards["layerwise"]
-    assert "| `start_layer` | `9` |" in cards["layerwise"]
-    assert "| `weights` | `[0.25, 0.75]` | per-model weights" in cards["linear"]
-    assert "isotropic merging: uniform mean of every shared tensor" in cards["isotropic"] and "| parameter |" not in cards["isotropic"]
-    fisher = cards["fisher"]
-    assert "Fisher merging: per-element average weighted by each model's diagonal Fisher information" in fisher
-    assert "Matena & Raffel, *Merging Models with Fisher-Weighted Averaging*, NeurIPS 2022" in fisher
-    assert f"| `fisher_data` | `{tmp_path / 'images'}` |" in fisher and "| `fisher_samples` | `1` |" in fisher
-    assert "Matena" not in cards["layerwise"]
 
 
 def test_fisher_merge_replays_from_its_recipe(tmp_path):

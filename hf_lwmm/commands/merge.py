@@ -30,13 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", type=Path, help="output folder (default: ./merged)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--recipe", type=Path, help="run the merge described by a recipe file (flags override it)")
+    parser.add_argument("--name", help="the card's title when not pushing (default: the output folder's name)")
     add_recipe_arguments(parser)
     from hf_lwmm.commands.push import add_push_options
 
     add_push_options(parser, with_repo_flag=True)
+    parser.add_argument("--push-sources", metavar="ORG", help="with --push-to-hub: first push each local source folder as "
+                        "ORG/<folder name>, and merge those Hub repos (the card then records them with their commits)")
     from hf_lwmm.commands.eval import add_data_arguments
 
     add_data_arguments(parser, flag="--eval-dataset", required=False)
+    parser.add_argument("--eval-ensemble", action="store_true",
+                        help="with --eval-dataset: also evaluate the sources' output ensemble (the card's results table)")
     parser.set_defaults(run=run)
 
 
@@ -139,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     options = run_options(args)
     output = args.output or Path("merged")
     check_output(output, recipe, options, name="--output")  # first: a refused output should cost nothing
+    if args.push_sources and not args.push_to_hub:
+        from hf_lwmm.errors import LwmmError
+
+        raise LwmmError("--push-sources: only with --push-to-hub (the sources are pushed so that the pushed merge names them)")
     if args.push_to_hub:
         from hf_lwmm.commands.push import push_options
         from hf_lwmm.hub import check_push_target
@@ -147,13 +156,17 @@ def run(args: argparse.Namespace) -> int:
     from hf_lwmm.commands.eval import evaluation_options, load_data
 
     eval_data = load_data(args) if args.dataset else None  # before the merge: bad data should not cost a merge
-    result = merge(recipe, output, options, hub_repo=args.push_to_hub)
+    if args.push_sources:
+        from hf_lwmm.hub import push_local_sources
+
+        recipe = push_local_sources(recipe, args.push_sources)  # then merged from the Hub, so the card records them
+    result = merge(recipe, output, options, hub_repo=args.push_to_hub, name=args.name)
     print(summary(result))
     if eval_data is not None:
         from hf_lwmm.evaluation.card_results import record_evaluation
         from hf_lwmm.evaluation.report import per_class_table
 
-        print(per_class_table(record_evaluation(result, eval_data, **evaluation_options(args))))
+        print(per_class_table(record_evaluation(result, eval_data, ensemble=args.eval_ensemble, **evaluation_options(args))))
     if args.push_to_hub:
         from hf_lwmm.hub import push_folder
 

@@ -35,6 +35,13 @@ class DataSource:
     id: str
     revision: str | None = None
     split: str | None = None
+    #: a folder on this machine (``id`` is its path), not a Hub dataset
+    local: bool = False
+
+    @property
+    def name(self) -> str:
+        """How cards and tables name the data: a Hub id as is, a local folder by its name (never its path)."""
+        return Path(self.id).expanduser().resolve().name if self.local else self.id
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ def _load_paired_folder(path: Path, *, split: str | None, labelled: bool) -> Seg
         raise LwmmError(f"--split {split}: no folder {path / split} (the images are directly in {path})")
     images, labels = paired_files(root, labelled=labelled, name=f"dataset {path}")
     class_names, ignore_index = _class_file(root)
-    source = DataSource(id=str(path), split=split)
+    source = DataSource(id=str(path), split=split, local=True)
     return SegmentationData(PairedFolder(images, labels), source, class_names, _or_default(ignore_index))
 
 
@@ -241,7 +248,7 @@ def _open_table(spec: str, split: str | None) -> tuple[Any, DataSource]:
     except (ConnectionError, OSError, ValueError) as err:
         raise LwmmError(f"dataset {spec}: cannot be loaded ({_first_line(err)})") from None
     chosen = _choose_split(spec, list(splits), split)
-    return splits[chosen], DataSource(id=spec if local else name, revision=revision or None, split=chosen)
+    return splits[chosen], DataSource(id=spec if local else name, revision=revision or None, split=chosen, local=local)
 
 
 def _choose_split(spec: str, available: list[str], split: str | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -32,6 +33,17 @@ Function = TypeVar("Function", bound=Callable[..., Any])
 def register_method(cls: Method) -> Method:
     METHODS[cls.name] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """What a card's per-layer table and plot show for a method: one value per model and shared layer."""
+
+    #: what the values are (the plot's axis and the table's caption), e.g. "weight"
+    quantity: str
+    #: one sentence for the card: how to read the values
+    explanation: str
+    rows: list[LayerWeights]
 
 
 class MethodParameters(BaseModel):
@@ -101,8 +113,15 @@ class MergeMethod(ABC):
         return weighted_average(tensors, weights)
 
     def describe(self, layers: list[str]) -> dict[str, object]:
-        """The parameters as applied to these layers (defaults resolved), recorded in the card."""
+        """The parameters as applied to these layers (defaults resolved; after :meth:`prepare`, what it used), for the card."""
         return self.parameters.model_dump()
+
+    def layer_table(self, layer_weights: list[LayerWeights]) -> LayerTable | None:
+        """What the card's per-layer table and plot show; ``None``: no table (the same weights in every layer).
+
+        Default: each model's weight per layer, as planned (the method's weights vary with depth).
+        """
+        return LayerTable("weight", "Each model's weight in the weighted average of the layer's tensors.", layer_weights)
 
 
 def parameter_help(method: type[MergeMethod], name: str) -> str:

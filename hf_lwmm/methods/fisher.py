@@ -18,7 +18,8 @@ from pydantic import Field, field_validator
 
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import RecipeError
-from hf_lwmm.methods.base import MergeMethod, MethodParameters, register_method, shares_read_buffer
+from hf_lwmm.layers import layer_of
+from hf_lwmm.methods.base import LayerTable, MergeMethod, MethodParameters, register_method, shares_read_buffer
 from hf_lwmm.methods.functional import fisher_weighted_average
 from hf_lwmm.methods.linear import check_model_weights, check_weight_count
 from hf_lwmm.schedules import LayerWeights, constant_weights
@@ -106,11 +107,15 @@ class FisherMerge(MergeMethod):
     summary = "Fisher merging: per-element average weighted by each model's diagonal Fisher information"
     Parameters = FisherParameters
     citation = "Matena & Raffel, *Merging Models with Fisher-Weighted Averaging*, NeurIPS 2022 (arXiv:2111.09832)"
-    derived = {"fisher_labels": "the labels whose log-likelihood gradients the Fisher squares"}
+    derived = {"fisher_labels": "the labels whose log-likelihood gradients the Fisher squares",
+               "fisher_images": "images each model's Fisher was estimated on"}
 
     def __init__(self, parameters: MethodParameters, *, num_models: int, anchor: int) -> None:
         super().__init__(parameters, num_models=num_models, anchor=anchor)
         self.fishers: list[dict[str, torch.Tensor]] = []
+        #: the Fisher data as a card names it (no local path) and its image count, once prepared
+        self.data_name: str | None = None
+        self.images: int | None = None
 
     @property
     def options(self) -> FisherParameters:
@@ -128,6 +133,7 @@ class FisherMerge(MergeMethod):
 
         data = load_segmentation_data(self.options.fisher_data, split=self.options.fisher_split, labelled=False,
                                       max_samples=self.options.fisher_samples)
+        self.data_name, self.images = data.source.name, len(data)
         self.fishers = []
         for model in models:
             fisher = model_fisher(model, data, device=device, progress=progress)
@@ -139,4 +145,30 @@ class FisherMerge(MergeMethod):
         return fisher_weighted_average(tensors, (fisher.get(key) for fisher in self.fishers), weights)
 
     def describe(self, layers: list[str]) -> dict[str, Any]:
-        return {**self.options.model_dump(), "fisher_labels": "argmax prediction per pixel"}
+        described = {**self.options.model_dump(), "fisher_labels": "argmax prediction per pixel"}
+        if self.data_name is not None:
+            described.update(fisher_data=self.data_name, fisher_images=self.images)
+        return described
+
+    def layer_table(self, layer_weights: list[LayerWeights]) -> LayerTable | None:
+        """Each model's share of the λ-weighted Fisher mass per layer (its pull on that layer's average);
+        ``None`` before :meth:`prepare`."""
+        if not self.fishers:
+            return None
+        masses = {row.layer: [0.0] * self.num_models for row in layer_weights}
+        for model, fisher in enumerate(self.fishers):
+            for key, tensor in fisher.items():
+                mass = masses.get(layer_of(key))
+                if mass is not None:
+                    mass[model] += float(tensor.sum())
+        rows = []
+        for row in layer_weights:
+            weighted = [weight * mass for weight, mass in zip(row.weights, masses[row.layer])]
+            total = sum(weighted)
+            rows.append(LayerWeights(row.layer, row.index, tuple(w / total if total > 0 else row.weights[i]
+                                                                  for i, w in enumerate(weighted))))
+        return LayerTable("share of Fisher mass",
+                          "Fisher merging weighs every parameter by its own Fisher value, so it has no per-layer weight; "
+                          "the table shows each model's share λᵢΣFᵢ / Σⱼ λⱼΣFⱼ of the layer's Fisher mass (summed over the "
+                          "layer's tensors), i.e. how strongly each model pulls that layer's average on the whole.",
+                          rows)

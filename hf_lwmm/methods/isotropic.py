@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_lwmm.methods.base import MergeMethod, register_method
+from hf_lwmm.methods.base import LayerTable, MergeMethod, register_method
 from hf_lwmm.schedules import LayerWeights, constant_weights
 
 
@@ -13,3 +13,6 @@ class IsotropicMerge(MergeMethod):
 
     def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
         return constant_weights(layers, [1.0 / self.num_models] * self.num_models)
+
+    def layer_table(self, layer_weights: list[LayerWeights]) -> LayerTable | None:
+        return None  # 1/M for every model in every layer: nothing to tabulate

@@ -7,7 +7,7 @@ import math
 from pydantic import Field, field_validator
 
 from hf_lwmm.errors import RecipeError
-from hf_lwmm.methods.base import MergeMethod, MethodParameters, register_method
+from hf_lwmm.methods.base import LayerTable, MergeMethod, MethodParameters, register_method
 from hf_lwmm.schedules import LayerWeights, constant_weights
 
 
@@ -46,3 +46,6 @@ class LinearMerge(MergeMethod):
     def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
         assert isinstance(self.parameters, LinearParameters)
         return constant_weights(layers, list(self.parameters.weights))
+
+    def layer_table(self, layer_weights: list[LayerWeights]) -> LayerTable | None:
+        return None  # the same weights in every layer: the parameter table shows them
