@@ -11,6 +11,7 @@ evaluation and experiments import it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import torch
 from hf_lwmm.card import write_card_files
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import CorruptWeightsError
-from hf_lwmm.io import ShardedSafetensorsWriter
+from hf_lwmm.io import PlannedRead, ReadAhead, ShardedSafetensorsWriter
 from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
 from hf_lwmm.plan import MergePlan, Rule, TensorPlan, plan_merge, with_weights
@@ -33,8 +34,8 @@ from hf_lwmm.system import resolve_device
 
 __all__ = ["MergeResult", "check_output", "execute", "merge"]
 
-#: reads each model's copy of a tensor (file names by model index), into a shared buffer when one is given
-Copies = Callable[[dict[int, str], "torch.Tensor | None"], Iterator[torch.Tensor]]
+#: planned reads in flight ahead of the loop (a few tensors' copies: memory stays flat in the number of models)
+READ_AHEAD = 8
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
@@ -82,31 +83,37 @@ def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None 
     return result
 
 
-def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progress: bool) -> dict[str, str]:
-    """The streaming loop: each planned tensor is read, combined by its rule and written; returns file → sha256."""
-    sources, anchor = plan.sources, plan.anchor
-    # copies that are folded in at once share one read buffer (the largest copy's size), so neither memory
-    # nor allocator churn grows with the number of models; a method that did not opt in gets fresh tensors
-    largest = max((sources[i].infos[name].nbytes for tensor in plan.tensors if tensor.rule is not Rule.ANCHOR
-                   for i, name in tensor.names.items()), default=0)
-    read_buffer = torch.empty(largest, dtype=torch.uint8)
-    method_buffer = read_buffer if plan.method.reads_shared_buffer() else None
+def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progress: bool,
+                  read_ahead: int = READ_AHEAD) -> dict[str, str]:
+    """The streaming loop: each planned tensor is read, combined by its rule and written; returns file → sha256.
 
-    def copies(names: dict[int, str], buffer: torch.Tensor | None) -> Iterator[torch.Tensor]:
-        """Each model's copy, read lazily (into ``buffer`` when given: valid until the next is drawn)."""
-        tensors = (source.get(names[i], into=buffer) for i, source in enumerate(sources))
-        return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
-
+    The copies are read ``read_ahead`` reads ahead of the loop on a small thread pool (positioned reads
+    and torch kernels release the GIL), so reading the next tensors overlaps with combining this one;
+    ``read_ahead=0`` reads each copy when it is drawn.
+    """
+    # one weight tensor per layer, prepared once (not once per tensor)
+    weights = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in plan.layer_weights}
+    shared = plan.method.reads_shared_buffer()
+    per_tensor = [_reads_of(tensor, plan, shared=shared) for tensor in plan.tensors]
+    ends = list(itertools.accumulate(len(reads) for reads in per_tensor))
     outputs = [tensor.output for tensor in plan.tensors]
     bar = progress_bar(total=len(outputs), desc="merging", unit="tensor", enabled=progress)
-    with bar, ShardedSafetensorsWriter(folder, outputs, max_shard_size=plan.recipe.max_shard_bytes,
-                                       metadata={"merged_by": "hf_lwmm"}) as writer:
-        for tensor in plan.tensors:
+    with bar, ReadAhead([read for reads in per_tensor for read in reads], depth=read_ahead) as ahead, \
+            ShardedSafetensorsWriter(folder, outputs, max_shard_size=plan.recipe.max_shard_bytes,
+                                     metadata={"merged_by": "hf_lwmm"}) as writer:
+
+        def copies(count: int) -> Iterator[torch.Tensor]:
+            """The next ``count`` planned reads, in order (a shared one is valid until the next is drawn)."""
+            tensors = (ahead.next() for _ in range(count))
+            return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
+
+        for index, tensor in enumerate(plan.tensors):
             bar.update()
             if tensor.rule is Rule.ANCHOR:
-                merged = sources[anchor].get(tensor.names[anchor])
+                merged = ahead.next()
             else:
-                merged = _combine(tensor, plan, copies, read_buffer, method_buffer, device)
+                merged = _combine(tensor, plan, copies, weights[tensor.layer])
+                ahead.skip_to(ends[index])  # a method that stopped drawing early leaves reads to drop
                 if not torch.isfinite(merged.sum()) and not torch.isfinite(merged).all():  # a finite sum proves it cheaply
                     raise CorruptWeightsError(f"merged tensor {tensor.output.name!r} has NaN or inf values: "
                                               f"check the inputs ({', '.join(plan.labels)})")
@@ -114,16 +121,30 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
     return dict(writer.sha256)
 
 
-def _combine(tensor: TensorPlan, plan: MergePlan, copies: Copies, read_buffer: torch.Tensor,
-             method_buffer: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    assert tensor.weights is not None
-    weights = torch.tensor(tensor.weights, dtype=torch.float32, device=device)
+def _reads_of(tensor: TensorPlan, plan: MergePlan, *, shared: bool) -> list[PlannedRead]:
+    """The copies :func:`_combine` draws for one tensor, in the order it draws them.
+
+    Copies folded into a running sum (the average, and a method that opted in) share the read-ahead's
+    reused buffers; the others get fresh tensors of their own.
+    """
+    sources = plan.sources
+    if tensor.rule is Rule.ANCHOR:
+        return [PlannedRead(sources[plan.anchor], tensor.names[plan.anchor])]
     if tensor.rule is Rule.GAUSSIAN_VARIANCE:
         assert tensor.mean_names is not None
-        return gaussian_bn_stats(list(copies(tensor.mean_names, None)), list(copies(tensor.names, None)), weights)[1]
+        return [PlannedRead(source, names[i]) for names in (tensor.mean_names, tensor.names) for i, source in enumerate(sources)]
+    reused = shared or tensor.rule is Rule.AVERAGE
+    return [PlannedRead(source, tensor.names[i], reused=reused) for i, source in enumerate(sources)]
+
+
+def _combine(tensor: TensorPlan, plan: MergePlan, copies: Callable[[int], Iterator[torch.Tensor]],
+             weights: torch.Tensor) -> torch.Tensor:
+    count = len(plan.sources)
+    if tensor.rule is Rule.GAUSSIAN_VARIANCE:
+        return gaussian_bn_stats(list(copies(count)), list(copies(count)), weights)[1]
     if tensor.rule is Rule.AVERAGE:
-        return weighted_average(copies(tensor.names, read_buffer), weights)
-    return plan.method.merge_tensor(tensor.key, copies(tensor.names, method_buffer), weights)
+        return weighted_average(copies(count), weights)
+    return plan.method.merge_tensor(tensor.key, copies(count), weights)
 
 
 def _copy_configs(anchor_folder: Path, folder: Path, dtype: str | None) -> None:

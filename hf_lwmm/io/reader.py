@@ -7,11 +7,15 @@ models through maps grows peak RSS with M. A fresh buffer is also safe to modify
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import struct
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -138,6 +142,69 @@ class StateDictSource(TensorSource):
         if not tensor.numel():
             return tensor.clone()
         return self._buffer(name, into).view(tensor.dtype).reshape(tensor.shape).copy_(tensor)
+
+
+@dataclass(frozen=True)
+class PlannedRead:
+    """One tensor of one model that a :class:`ReadAhead` will read."""
+
+    source: TensorSource
+    name: str
+    #: read into one of the read-ahead's reused buffers (valid until the next read is drawn) instead of a fresh tensor
+    reused: bool = False
+
+
+class ReadAhead:
+    """Reads a known sequence of tensors in order, ``depth`` reads ahead of the consumer, on a small thread pool.
+
+    Positioned reads release the GIL, so the next tensors are read while the consumer computes. Reused reads
+    rotate through ``depth + 1`` buffers of the largest such tensor's size: at most the drawn read and the
+    ``depth`` reads after it are alive, so memory does not grow with the length of the sequence or the number
+    of models. ``depth=0`` reads each tensor when it is drawn, on the caller's thread. Use as a context manager.
+    """
+
+    #: reads running at once (page-cache copies: more threads than this only compete for the cores)
+    WORKERS = 2
+
+    def __init__(self, reads: list[PlannedRead], *, depth: int) -> None:
+        self._reads = reads
+        self._depth = depth
+        largest = max((read.source.infos[read.name].nbytes for read in reads if read.reused), default=0)
+        self._buffers = [torch.empty(largest, dtype=torch.uint8) for _ in range(depth + 1)] if largest else []
+        self._reused = 0  # reused reads started so far (picks the buffer)
+        self._started = 0
+        self._drawn = 0
+        self._pending: deque[Callable[[], torch.Tensor]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=min(depth, self.WORKERS), thread_name_prefix="read-ahead") if depth else None
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def next(self) -> torch.Tensor:
+        """The next tensor of the sequence (a reused one is valid until the next call)."""
+        while len(self._pending) <= self._depth and self._started < len(self._reads):
+            self._pending.append(self._start(self._reads[self._started]))
+            self._started += 1
+        self._drawn += 1
+        return self._pending.popleft()()
+
+    def skip_to(self, position: int) -> None:
+        """Drop the reads before ``position`` (a count from the start of the sequence) not drawn yet."""
+        while self._drawn < position:
+            self.next()
+
+    def _start(self, read: PlannedRead) -> Callable[[], torch.Tensor]:
+        into = None
+        if read.reused:
+            into = self._buffers[self._reused % len(self._buffers)]
+            self._reused += 1
+        if self._pool is None:
+            return functools.partial(read.source.get, read.name, into=into)
+        return self._pool.submit(read.source.get, read.name, into=into).result
 
 
 def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> TensorSource:
