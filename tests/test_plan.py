@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from hf_lwmm import MergeRecipe, RunOptions, execute, merge, plan_merge
 from hf_lwmm.errors import IncompatibleModelsError
-from hf_lwmm.io.reader import SafetensorsSource
-from hf_lwmm.merge import READ_AHEAD
+from hf_lwmm.io.reader import SafetensorsSource, sha256_of
+from hf_lwmm.merge import READ_AHEAD, write_weights
 from hf_lwmm.methods import METHODS, shares_read_buffer
 from hf_lwmm.methods.isotropic import IsotropicMerge
 from hf_lwmm.plan import Rule
@@ -121,6 +121,33 @@ def test_custom_methods_receive_fresh_tensors_unless_they_opt_in(tiny_models, tm
     # every copy of every tensor read into the read-ahead's ring of reused buffers, not a fresh one each
     assert len(SharingMerge.pointers) == READ_AHEAD + 1
     torch.testing.assert_close(load_file(tmp_path / "shared" / "model.safetensors")[MID], sources.mean(dim=0))
+
+
+class FirstCopyMerge(IsotropicMerge):
+    """Draws only the first model's copy and stops: the executor must drop the reads it planned for the others."""
+
+    name = "first-copy-test"
+
+    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        return next(iter(tensors)).float()
+
+
+@pytest.mark.parametrize("method", ["layerwise", MedianMerge.name, FirstCopyMerge.name])
+def test_read_ahead_writes_the_same_bytes_as_reading_each_copy_when_drawn(tiny_models, tmp_path, monkeypatch, method):
+    monkeypatch.setitem(METHODS, MedianMerge.name, MedianMerge)
+    monkeypatch.setitem(METHODS, FirstCopyMerge.name, FirstCopyMerge)
+    plan = plan_merge(MergeRecipe(models=tiny_models, method=method, dtype="float16"), QUIET)
+    assert {tensor.rule for tensor in plan.tensors} == set(Rule)  # every rule's reads go through the read-ahead
+    hashes = {}
+    for depth in (0, 1, READ_AHEAD):
+        folder = tmp_path / f"depth-{depth}"
+        folder.mkdir()
+        hashes[depth] = write_weights(plan, folder, device=torch.device("cpu"), progress=False, read_ahead=depth)
+        assert hashes[depth] == {"model.safetensors": sha256_of(folder / "model.safetensors")}
+    assert hashes[0] == hashes[1] == hashes[READ_AHEAD]
+    if method == FirstCopyMerge.name:
+        first = load_file(tiny_models[0] / "model.safetensors")[MID]
+        assert torch.equal(load_file(tmp_path / f"depth-{READ_AHEAD}" / "model.safetensors")[MID], first.half())
 
 
 def test_fisher_merge_replays_from_its_recipe(tmp_path):
