@@ -104,7 +104,7 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
                                      metadata={"merged_by": "hf_lwmm"}) as writer:
 
         def copies(count: int) -> Iterator[torch.Tensor]:
-            """The next ``count`` planned reads, in order (a shared one is valid until the next is drawn)."""
+            """The next ``count`` planned reads, in order (a reused one is valid until the next is drawn)."""
             tensors = (ahead.next() for _ in range(count))
             return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
 
