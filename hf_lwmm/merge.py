@@ -35,8 +35,9 @@ from hf_lwmm.system import resolve_device
 
 __all__ = ["MergeResult", "check_output", "execute", "merge"]
 
-#: planned reads in flight ahead of the loop (a few tensors' copies: memory stays flat in the number of models)
-READ_AHEAD = 8
+#: planned reads in flight ahead of the loop: one per read-ahead thread. More buys little and touches more of the
+#: reused buffers when one tensor's copies fill them (B5, peak RSS at 8 models vs 2: 1.05× at depth 2, 1.18× at 8)
+READ_AHEAD = 2
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,

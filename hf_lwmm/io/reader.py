@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,7 @@ class SafetensorsSource(TensorSource):
                                               f"({self._entries[entry.info.name].file.name}, {file.name})")
                 self._entries[entry.info.name] = entry
         self._handles: dict[Path, BinaryIO] = {}  # one open file per shard, closed with the source
+        self._opening = threading.Lock()
         super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
 
     def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,12 +120,14 @@ class SafetensorsSource(TensorSource):
         size = entry.stop - entry.start
         if size == 0:
             return torch.empty(entry.info.shape, dtype=entry.info.dtype)
-        if entry.file not in self._handles:
-            self._handles[entry.file] = open(entry.file, "rb", buffering=0)
+        with self._opening:  # read-ahead threads may ask for the same shard at once: open it once
+            handle = self._handles.get(entry.file)
+            if handle is None:
+                handle = self._handles[entry.file] = open(entry.file, "rb", buffering=0)
         buffer = self._buffer(name, into)
         view, done = buffer.numpy().data, 0
         while done < size:
-            read = os.preadv(self._handles[entry.file].fileno(), [view[done:]], entry.start + done)
+            read = os.preadv(handle.fileno(), [view[done:]], entry.start + done)
             if read <= 0:
                 raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}")
             done += read
