@@ -38,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
               f"{row.agreement:>7.1%}  {result.output_dir} ({digest}…)")
     note("\nmerged / anchor: tensors merged vs taken from the anchor; agree: pixels where the merge predicts the anchor's class.",
          "Each folder loads with AutoModelForSemanticSegmentation.from_pretrained and holds README.md (card), "
-         "lwmm_recipe.yaml and lwmm_weights.png.")
+         "lwmm_recipe.yaml, and for layer-wise and Fisher merges the per-layer plot lwmm_weights.png.")
     return 0
