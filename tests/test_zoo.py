@@ -272,6 +272,7 @@ def test_build_zoo_writes_loadable_hub_folders_and_resumes(camvid: Path, tmp_pat
         assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card and "strategy:" in card
     assert manifest["models"][0]["recipe"]["source_splits"] == ["day/train", "day/val"]
     assert "unlabelled CamVid `dusk/train`" in (settings.output_dir / "minent" / "README.md").read_text()
+    assert "labelled CamVid `day/train` and `day/val` only" in (settings.output_dir / "source-only" / "README.md").read_text()
     assert "unlabelled CamVid `dusk/train`" not in (settings.output_dir / "source-only" / "README.md").read_text()
     coarse = AutoModelForSemanticSegmentation.from_pretrained(settings.output_dir / "coarse-objects")
     assert coarse.config.id2label[2] == "object" and coarse.config.num_labels == 9

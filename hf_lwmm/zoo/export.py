@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -77,8 +77,10 @@ def _eval_results(scores: Scores, classes: int) -> list[EvalResult]:
 
 def _card_body(info: ModelCardInfo, config: dict[str, Any]) -> str:
     classes = ", ".join(f"{i} {name}" for i, name in sorted(config["id2label"].items(), key=lambda kv: int(kv[0])))
-    frames = "labelled CamVid `day/train`" + (" and unlabelled CamVid `dusk/train` (images only, no labels)"
-                                               if info.uses_dusk_images else " only")
+    splits = cast(list[str], info.recipe.get("source_splits") or ["day/train"])
+    labelled = " and ".join(f"`{split}`" for split in splits)
+    frames = f"labelled CamVid {labelled}" + (" and unlabelled CamVid `dusk/train` (images only, no labels)"
+                                              if info.uses_dusk_images else " only")
     start = ("random initialisation (no ImageNet weights are available offline): this base is the common "
              "starting point of every other zoo model" if info.base is None else f"the zoo's base model `{info.base}`")
     return f"""
