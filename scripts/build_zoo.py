@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from hf_lwmm.errors import LwmmError  # noqa: E402
+from hf_lwmm.system import resolve_device  # noqa: E402
 from hf_lwmm.zoo.build import BuildSettings, build_zoo, zoo_table  # noqa: E402
 
 
@@ -39,14 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.steps_scale <= 0:
         parser.error("--steps-scale must be positive")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LwmmError("--device cuda: no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
