@@ -42,13 +42,13 @@ def zoo_names(zoo: Path) -> list[str]:
     return names
 
 
-def hub_card(folder: Path, *, base_repo: str | None) -> str:
+def hub_card(folder: Path, *, base_repo: str | None) -> ModelCard:
     """The model's card as pushed: ``base_model`` names the pushed base (fine-tunes only)."""
     card = ModelCard.load(Path(folder) / "README.md")
     if base_repo is not None:
         card.data.base_model = base_repo
         card.data.base_model_relation = "finetune"
-    return str(card)
+    return card
 
 
 def publish_zoo(zoo: Path, *, namespace: str, prefix: str = DEFAULT_PREFIX, collection: str | None = DEFAULT_COLLECTION,
@@ -63,14 +63,13 @@ def publish_zoo(zoo: Path, *, namespace: str, prefix: str = DEFAULT_PREFIX, coll
         card = hub_card(folder, base_repo=None if name == BASE_NAME else base_repo)
         operations = [CommitOperationAdd(path_in_repo=file, path_or_fileobj=folder / file)
                       for file in REQUIRED_FILES if file != "README.md"]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             commit = api.create_commit(repo_id, operations, commit_message=f"Add zoo model {name} (hf_lwmm CamVid day→dusk zoo)")
         except Exception as err:  # any transfer failure ends the same way: one line naming the model
             raise LwmmError(f"push of zoo model {name} to {repo_id} failed: {describe_hub_error(err)}") from err
         if collection:
-            role = ModelCard.load(folder / "README.md").data.lwmm_zoo["role"]
-            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {role}")
+            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {card.data.lwmm_zoo['role']}")
         published.append(PublishedModel(name, repo_id, commit.oid))
     return published
