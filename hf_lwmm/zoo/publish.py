@@ -70,6 +70,6 @@ def publish_zoo(zoo: Path, *, namespace: str, prefix: str = DEFAULT_PREFIX, coll
         except Exception as err:  # any transfer failure ends the same way: one line naming the model
             raise LwmmError(f"push of zoo model {name} to {repo_id} failed: {describe_hub_error(err)}") from err
         if collection:
-            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {card.data.lwmm_zoo['role']}")
+            add_to_collection(api, f"{namespace}/{collection}", repo_id, note=f"{name}: {card.data.to_dict()['lwmm_zoo']['role']}")
         published.append(PublishedModel(name, repo_id, commit.oid))
     return published
