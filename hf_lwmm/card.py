@@ -46,8 +46,6 @@ def source_records(result: MergeResult) -> list[dict[str, Any]]:
 
     A local folder has no commit (``None``): that is what marks it local in a recipe file.
     """
-    from hf_lwmm.io import weights_sha256
-
     return [
         {
             "ref": str(model.ref),
@@ -55,7 +53,7 @@ def source_records(result: MergeResult) -> list[dict[str, Any]]:
             "role": "anchor" if index == result.anchor else "source",
             "num_labels": model.num_labels,
             "model_type": model.model_type,
-            "weights_sha256": weights_sha256(model.folder),
+            "weights_sha256": result.source_sha256[index],
         }
         for index, model in enumerate(result.models)
     ]

@@ -48,11 +48,13 @@ class CardEvaluation:
 
 @dataclass
 class MergeResult:
-    """A merge as written: the plan, the output folder, file hashes, and what the card records besides."""
+    """A merge as written: the plan, the output folder, the hashes of the files written and read, and what the card records besides."""
 
     plan: MergePlan
     output_dir: Path
     sha256: dict[str, str]
+    #: per source (in the plan's order), the sha256 of each of its weights files, by file name
+    source_sha256: list[dict[str, str]]
     files: list[str] = field(default_factory=list)
     #: the Hub repo the folder is meant for (the card's title and usage snippet name it)
     hub_repo: str | None = None
