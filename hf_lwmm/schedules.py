@@ -35,16 +35,33 @@ def linear_schedule(layer: int, num_layers: int, alpha: float, start: int) -> fl
     return alpha + (1.0 - alpha) * (layer - start) / (num_layers - start)
 
 
-def default_start_layer(num_layers: int) -> int:
-    """Half-way down the shared layers: for MiT encoders this falls inside the deep third stage."""
-    return num_layers // 2
+#: ``lwmm-hub merge``'s layer-wise defaults, chosen on the dusk/val sweeps of the CamVid zoo (README, "Results";
+#: ``results/day-to-dusk/fig5.md``): α lies this share t of the way from uniform (1/M) to the anchor alone (1) …
+DEFAULT_ANCHOR_SHARE = 0.0
+#: … and the anchor's weight starts rising at this layer (the deepest shared layer when the models lack it)
+DEFAULT_START_LAYER = "linear_fuse"
+
+
+def alpha_for_share(share: float, num_models: int) -> float:
+    """α a share ``t`` of the way from uniform (``t = 0``: 1/M) to the anchor alone (``t = 1``)."""
+    return 1.0 / num_models + share * (1.0 - 1.0 / num_models)
+
+
+def start_layer_in(name: str, layers: list[str]) -> int:
+    """Index of the layer called ``name``, or of the deepest shared layer when these models do not share it."""
+    return layers.index(name) if name in layers else len(layers) - 1
+
+
+def default_start_layer(layers: list[str]) -> int:
+    """Where the anchor's weight starts rising when no start layer is given (:data:`DEFAULT_START_LAYER`)."""
+    return start_layer_in(DEFAULT_START_LAYER, layers)
 
 
 def resolve_start_layer(start: int | str | None, layers: list[str]) -> int:
     """The one place that reads a start layer: an index, a layer name (e.g. ``block.2.0``) or digits
     as text (what a command line gives), checked against the shared layers."""
     if start is None:
-        return default_start_layer(len(layers))
+        return default_start_layer(layers)
     if isinstance(start, str) and not start.strip().lstrip("-").isdigit():
         if start not in layers:
             raise RecipeError("start_layer", f"{start!r}: no shared layer of that name (e.g. {layers[0]!r} … {layers[-1]!r})")

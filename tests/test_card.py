@@ -20,6 +20,7 @@ from hf_lwmm.layers import layer_of
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe, RunOptions
 from hf_lwmm.result import CardEvaluation, EvaluatedRow
+from hf_lwmm.schedules import DEFAULT_START_LAYER, start_layer_in
 from hub_server import HubServer, hub  # noqa: F401  (hub: fixture)
 from test_eval import tiny_samples, write_paired_folder
 
@@ -57,7 +58,9 @@ def test_each_method_describes_itself(method_cards):
         assert f"lwmm-hub merge --recipe lwmm_recipe.yaml --output {method}" in text
     assert FORMULA in cards["layerwise"] and all(FORMULA not in cards[m] for m in ("isotropic", "linear", "fisher"))
     assert "| `alpha` | `0.4` | anchor weight α in the early layers" in cards["layerwise"]
-    assert "| `start_layer` | `9` |" in cards["layerwise"]
+    layers = [entry.layer for entry in merged["layerwise"][0].plan.layer_weights]
+    start = start_layer_in(DEFAULT_START_LAYER, layers)  # the default, resolved on these models' layers
+    assert f"| `start_layer` | `{start}` |" in cards["layerwise"] and f"| `start_layer_name` | `{layers[start]}` |" in cards["layerwise"]
     assert "| `weights` | `[0.25, 0.75]` | per-model weights" in cards["linear"]
     assert "isotropic merging: uniform mean of every shared tensor" in cards["isotropic"] and "| parameter |" not in cards["isotropic"]
     assert MATENA in cards["fisher"] and all(MATENA not in cards[m] for m in ("layerwise", "isotropic", "linear"))

@@ -18,6 +18,7 @@ from hf_lwmm.experiments.zoo import COARSE_ROLE, WIDE_HEAD_ROLE, load_zoo
 from hf_lwmm.evaluation.runner import Predictor, evaluate_predictors
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe, RunOptions
+from hf_lwmm.schedules import DEFAULT_ANCHOR_SHARE, DEFAULT_START_LAYER
 from test_eval import class_names, tiny_samples, write_paired_folder
 
 
@@ -154,7 +155,8 @@ def test_settings_come_from_dusk_val_by_the_uniform_rule_and_rows_equal_a_separa
         shares = dict(zip(record["alphas"], record["shares"]))
         assert (shares[best["alpha"]], best["start_layer_name"]) in tied and (chosen["share"], chosen["start_layer"]) in tied
         assert chosen["mean_anchor_weight"] == min(tied.values())  # the most uniform of the tied settings
-    assert set(sweep["default"]) == {"share", "start_layer", "tied_with_best_at_k"}
+    assert set(sweep["default"]) == {"share", "start_layer", "tied_with_best_at_k", "cli_defaults"}
+    assert sweep["default"]["cli_defaults"] == {"share": DEFAULT_ANCHOR_SHARE, "start_layer": DEFAULT_START_LAYER}
 
     ranking = json.loads((out / "ranking.json").read_text())["ranking"]
     anchor, other = ranking[1], ranking[0]

@@ -21,7 +21,8 @@ from hf_lwmm.experiments.selection import Candidate, Choice, choose_default, cho
 from hf_lwmm.experiments.zoo import COARSE_ROLE, WIDE_HEAD_ROLE
 from hf_lwmm.plan import plan_merge
 from hf_lwmm.recipe import MergeRecipe
-from hf_lwmm.schedules import layerwise_weights
+from hf_lwmm.schedules import DEFAULT_ANCHOR_SHARE, DEFAULT_START_LAYER, alpha_for_share, layerwise_weights
+from hf_lwmm.zoo.plan import SOURCE_ONLY
 
 VALIDATION = "dusk/val"
 TEST = "test"
@@ -50,17 +51,22 @@ def rank_models(context: Context) -> Experiment:
     experiment = Experiment("ranking", "Zoo models alone (the merge pool ranked on dusk/val)", records=context.records(rows, results))
     experiment.records["ranking"] = context.ranking
     order = context.ranking + [name for name in zoo.models if name not in context.ranking]
+    baseline = zoo.models.get(SOURCE_ONLY)
     for key, values in results.items():
         cells = []
         for name in order:
             model = zoo.models[name]
             rank = str(context.ranking.index(name) + 1) if name in context.ranking else "—"
             card = "—" if model.card_dusk_val is None else f"{100 * model.card_dusk_val:.2f}"
-            cells.append([rank, name, model.role, str(model.num_labels), str(model.decoder_hidden_size), context.score(values[name]), card])
-        experiment.tables.append(Table(f"{key}: every zoo model alone", ["rank", "model", "role", "classes", "head width",
-                                                                          f"mIoU % ({key})", "card's dusk/val"], cells,
+            versus = (context.delta(values[name], values[SOURCE_ONLY])
+                      if baseline and name != SOURCE_ONLY and model.num_labels == baseline.num_labels else "—")
+            cells.append([rank, name, model.role, str(model.num_labels), str(model.decoder_hidden_size), context.score(values[name]),
+                          versus, card])
+        columns = ["rank", "model", "role", "classes", "head width", f"mIoU % ({key})", f"Δ vs {SOURCE_ONLY}", "card's dusk/val"]
+        experiment.tables.append(Table(f"{key}: every zoo model alone", columns, cells,
                                        ["Ranks (pool only) come from dusk/val. mIoU over the dataset classes each model predicts "
-                                        "(pixels of classes a model folds away are left out of its score)."]))
+                                        "(pixels of classes a model folds away are left out of its score). Δ: paired difference in "
+                                        "points, * where its 95 % interval excludes 0."]))
     return experiment
 
 
@@ -89,7 +95,7 @@ def sweeps(context: Context, out: Path) -> Experiment:
         names = context.ranking[:count]
         folders = [zoo.folder(name) for name in names]
         layers = shared_layers(folders, anchor=folders[0], options=context.run_options)
-        alphas = [1 / count + share * (1 - 1 / count) for share in SWEEP_SHARES]
+        alphas = [alpha_for_share(share, count) for share in SWEEP_SHARES]
         starts = [name for name in SWEEP_STARTS if name in layers]
         result = sweep_layerwise(folders, context.datasets[VALIDATION], anchor=folders[0], alphas=alphas, start_layers=starts,
                                  options=context.run_options,
@@ -130,13 +136,17 @@ def sweeps(context: Context, out: Path) -> Experiment:
     context.default = Setting(default_share, default_start)
     tied_at = [count for count, choice in choices.items()
                if any((c.share, c.start_layer) == (default_share, default_start) for c in choice.tied)]
-    experiment.records["default"] = {"share": default_share, "start_layer": default_start, "tied_with_best_at_k": tied_at}
+    experiment.records["default"] = {"share": default_share, "start_layer": default_start, "tied_with_best_at_k": tied_at,
+                                     "cli_defaults": {"share": DEFAULT_ANCHOR_SHARE, "start_layer": DEFAULT_START_LAYER}}
     experiment.tables.append(Table(
         "Settings chosen on dusk/val", ["k", "best (t, start)", "best mIoU %", "tied settings", "chosen (t, start)", "chosen mIoU %"],
         [[str(count), f"{c.best.share:.2g}, {c.best.start_layer}", f"{100 * c.best.mean_iou:.2f}", str(len(c.tied)),
           f"{c.chosen.share:.2g}, {c.chosen.start_layer}", f"{100 * c.chosen.mean_iou:.2f}"] for count, c in choices.items()],
         [f"One setting for every k (the evidence for `lwmm-hub merge`'s defaults): t = {default_share:.2g}, start layer {default_start} — "
-         f"tied with the best at k = {', '.join(map(str, tied_at))} of {', '.join(map(str, sizes))}."]))
+         f"tied with the best at k = {', '.join(map(str, tied_at))} of {', '.join(map(str, sizes))}.",
+         f"`lwmm-hub merge`'s defaults (hf_lwmm/schedules.py): t = {DEFAULT_ANCHOR_SHARE:g}, start layer {DEFAULT_START_LAYER} — "
+         + ("the setting above." if (DEFAULT_ANCHOR_SHARE, DEFAULT_START_LAYER) == (default_share, default_start)
+            else "not the setting above: the defaults row of Table 2 does not use it.")]))
     return experiment
 
 

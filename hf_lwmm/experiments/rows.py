@@ -21,6 +21,7 @@ from hf_lwmm.evaluation.sweep import shared_layers
 from hf_lwmm.experiments.zoo import Zoo
 from hf_lwmm.merge import merge
 from hf_lwmm.recipe import MergeRecipe, RunOptions
+from hf_lwmm.schedules import alpha_for_share, start_layer_in
 
 #: where a results table's rows are scored: dataset key → row name → result (``None``: cannot run)
 Results = dict[str, dict[str, "RowResult | None"]]
@@ -72,11 +73,11 @@ class Setting:
     start_layer: str
 
     def alpha(self, count: int) -> float:
-        return 1 / count + self.share * (1 - 1 / count)
+        return alpha_for_share(self.share, count)
 
     def start_in(self, layers: list[str]) -> str:
         """The start layer, or the deepest shared layer when these models do not share it."""
-        return self.start_layer if self.start_layer in layers else layers[-1]
+        return layers[start_layer_in(self.start_layer, layers)]
 
 
 @dataclass

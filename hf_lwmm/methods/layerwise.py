@@ -7,13 +7,22 @@ import math
 from pydantic import Field, field_validator
 
 from hf_lwmm.methods.base import MergeMethod, MethodParameters, register_method
-from hf_lwmm.schedules import SCHEDULES, LayerWeights, layerwise_weights, resolve_start_layer
+from hf_lwmm.schedules import (
+    DEFAULT_ANCHOR_SHARE,
+    DEFAULT_START_LAYER,
+    SCHEDULES,
+    LayerWeights,
+    alpha_for_share,
+    layerwise_weights,
+    resolve_start_layer,
+)
 
 
 class LayerwiseParameters(MethodParameters):
-    alpha: float | None = Field(None, description="anchor weight α in the early layers, in [0, 1] (default: 1/M)")
+    alpha: float | None = Field(None, description=f"anchor weight α in the early layers, in [0, 1] (default: 1/M + t·(1 − 1/M), "
+                                                  f"t = {DEFAULT_ANCHOR_SHARE:g})")
     start_layer: int | str | None = Field(None, description="first layer s (index or name, e.g. block.2.0) where the anchor "
-                                                            "weight starts rising (default: L // 2)")
+                                                            f"weight starts rising (default: {DEFAULT_START_LAYER})")
     schedule: str = Field("linear", description="how the anchor weight rises from the start layer")
 
     @field_validator("alpha")
@@ -45,7 +54,7 @@ class LayerwiseMerge(MergeMethod):
     @property
     def alpha(self) -> float:
         assert isinstance(self.parameters, LayerwiseParameters)
-        return 1.0 / self.num_models if self.parameters.alpha is None else self.parameters.alpha
+        return alpha_for_share(DEFAULT_ANCHOR_SHARE, self.num_models) if self.parameters.alpha is None else self.parameters.alpha
 
     def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
         assert isinstance(self.parameters, LayerwiseParameters)
