@@ -11,7 +11,6 @@ from hf_lwmm import MergeRecipe, RecipeError, RunOptionError, RunOptions, load_r
 from hf_lwmm.cli import main
 from hf_lwmm.methods.fisher import FisherParameters
 from hf_lwmm.methods.layerwise import LayerwiseParameters
-from hf_lwmm.schedules import DEFAULT_ANCHOR_SHARE, DEFAULT_START_LAYER
 
 from helpers import make_tiny_segformer
 
@@ -173,9 +172,8 @@ def test_every_method_parameter_has_a_flag_with_its_description():
 
     merge_parser = build_parser()._subparsers._group_actions[0].choices["merge"]  # type: ignore[union-attr]
     helps = {action.option_strings[0]: action.help for action in merge_parser._actions if action.option_strings}
-    assert helps["--alpha"] == (f"layerwise: anchor weight α in the early layers, in [0, 1] (default: 1/M + t·(1 − 1/M), "
-                                f"t = {DEFAULT_ANCHOR_SHARE:g})")
-    assert helps["--start-layer"].endswith(f"(default: {DEFAULT_START_LAYER})")
+    assert helps["--alpha"] == "layerwise: anchor weight α in the early layers, in [0, 1] (default: 1/M)"
+    assert helps["--start-layer"].endswith("(default: linear_fuse)")
     assert helps["--weights"].startswith("linear, fisher: per-model weights")
     assert {"--fisher-data", "--fisher-samples", "--fisher-split", "--start-layer", "--schedule"} <= set(helps)
 

@@ -19,10 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compare", help="compare layer-wise merging with its baselines on a dataset", description=__doc__)
     parser.add_argument("models", nargs="+", help="local folders or Hub repos org/name[@revision][:subfolder]")
     add_data_arguments(parser, flag="--dataset", required=True)
+    from hf_lwmm.methods.base import parameter_help
+    from hf_lwmm.methods.layerwise import LayerwiseMerge
+
     group = parser.add_argument_group("merges")
     group.add_argument("--anchor", help="anchor of the merges (default: the best single model)")
-    group.add_argument("--alpha", type=float, help="layer-wise: anchor weight in early layers (default: 1/M)")
-    group.add_argument("--start-layer", help="layer-wise: layer index or name where the anchor weight starts rising")
+    group.add_argument("--alpha", type=float, help=f"layer-wise: {parameter_help(LayerwiseMerge, 'alpha')}")
+    group.add_argument("--start-layer", help=f"layer-wise: {parameter_help(LayerwiseMerge, 'start_layer')}")
     group.add_argument("--fisher-data", help="unlabelled images for the Fisher merge (without it, no Fisher row)")
     group.add_argument("--fisher-samples", type=int, help="images to estimate the Fisher on (default: 32)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT,

@@ -17,10 +17,12 @@ from hf_lwmm.schedules import (
     resolve_start_layer,
 )
 
+#: the default α as the help and the card state it
+_DEFAULT_ALPHA = "1/M" if DEFAULT_ANCHOR_SHARE == 0 else f"1/M + {DEFAULT_ANCHOR_SHARE:g}·(1 − 1/M)"
+
 
 class LayerwiseParameters(MethodParameters):
-    alpha: float | None = Field(None, description=f"anchor weight α in the early layers, in [0, 1] (default: 1/M + t·(1 − 1/M), "
-                                                  f"t = {DEFAULT_ANCHOR_SHARE:g})")
+    alpha: float | None = Field(None, description=f"anchor weight α in the early layers, in [0, 1] (default: {_DEFAULT_ALPHA})")
     start_layer: int | str | None = Field(None, description="first layer s (index or name, e.g. block.2.0) where the anchor "
                                                             f"weight starts rising (default: {DEFAULT_START_LAYER})")
     schedule: str = Field("linear", description="how the anchor weight rises from the start layer")
