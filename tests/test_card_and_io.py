@@ -37,7 +37,9 @@ def test_card_metadata_parses_and_lists_every_source(tiny_models, tmp_path):
     assert "arXiv:2409.15813" in card.text and "Multi-target Domain Adaptation" in card.text
     assert "| 0 | `patch_embeddings.0` | 0.3333 | 0.3333 | 0.3333 |" in card.text
     assert "lwmm-hub merge --recipe lwmm_recipe.yaml --output out" in card.text
-    assert "| `start_layer` | `9` |" in card.text and "| `alpha` | `0.3333333333333333` |" in card.text
+    layers = [entry.layer for entry in result.plan.layer_weights]  # the default start: the decode head's fusion layer
+    assert f"| `start_layer` | `{layers.index('linear_fuse')}` |" in card.text and "| `start_layer_name` | `linear_fuse` |" in card.text
+    assert "| `alpha` | `0.3333333333333333` |" in card.text
     assert (tmp_path / "out" / "lwmm_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
