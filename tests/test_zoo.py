@@ -249,6 +249,7 @@ def test_build_zoo_writes_loadable_hub_folders_and_resumes(camvid: Path, tmp_pat
     assert names == ["base", "source-only", "minent", *series, "adversarial", "fourier", "coarse-objects", "head-256"]
     manifest = json.loads((settings.output_dir / "zoo.json").read_text())
     assert manifest["checkpoint_series"] == {"mean-teacher": series}
+    assert {model["code_commit"] for model in manifest["models"]} == {manifest["build_code_commit"]}  # trained by this build
     source_only = manifest["models"][1]["scores"]["dusk_val"]
     settings_per_run = {spec.name: len(spec.tries()) for spec in zoo_plan(seed=0, steps_scale=0.01, crop=CROP)[1]}
     for run in ("minent", "mean-teacher", "adversarial", "fourier"):  # each UDA run beat source-only, or tried every setting

@@ -72,7 +72,8 @@ def run_experiments(options: ExperimentOptions, *, echo: Callable[[str], None] =
         for table in experiment.tables:
             echo(table.markdown() + "\n")
     total = time.perf_counter() - started
-    header = [f"Zoo: `{options.zoo}` built from code commit `{zoo.code_commit}`; weights sha256 in `zoo.json`.",
+    header = [f"Zoo: `{options.zoo}`, models trained by code commit {', '.join(f'`{commit}`' for commit in zoo.code_commits)}; "
+              "weights sha256 in `zoo.json`.",
               f"Datasets: {', '.join(f'{key} ({len(data)} images)' for key, data in datasets.items())}. "
               f"Device: {options.device}, {torch.get_num_threads()} CPU threads. {options.resamples} bootstrap resamples.",
               "Selection protocol: the pool ranking and every layer-wise setting are chosen on dusk/val only "

@@ -34,7 +34,8 @@ class Zoo:
     models: dict[str, ZooModel]
     #: one run's checkpoint folders in step order; the last is the run's final model
     checkpoints: list[str]
-    code_commit: str | None
+    #: the distinct code commits that trained the models (``unknown`` for a model that records none)
+    code_commits: list[str]
 
     def folder(self, name: str) -> str:
         return str(self.root / name)
@@ -67,7 +68,8 @@ def load_zoo(root: Path) -> Zoo:
     if missing:
         raise LwmmError(f"--zoo {root}: model folder {missing[0]} listed in {MANIFEST} is missing or incomplete")
     complete_series = [names for names in series if all(name in models for name in names)]  # a build in progress lists future folders
-    zoo = Zoo(Path(root), models, complete_series[0] if complete_series else [], manifest.get("code_commit"))
+    commits = list(dict.fromkeys(str(entry.get("code_commit") or "unknown") for entry in manifest["models"]))
+    zoo = Zoo(Path(root), models, complete_series[0] if complete_series else [], commits)
     shapes = {(models[name].num_labels, models[name].decoder_hidden_size) for name in zoo.pool}
     if len(zoo.pool) < 2 or len(shapes) != 1:
         raise LwmmError(f"--zoo {root}: needs ≥ 2 models with roles {', '.join(POOL_ROLES)} sharing classes and head width")

@@ -58,6 +58,7 @@ class ZooEntry:
     sha256: str  # of its model.safetensors
     recipe: dict[str, object]  # the training recipe (see TrainingRecipe), as its card records it
     device: str  # where it was trained
+    code_commit: str | None  # the code that trained it (a resumed build keeps the models earlier code trained)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ class ZooBuilder:
         role = spec.role if is_final else "checkpoint"
         summary = spec.summary if is_final else f"Checkpoint at step {step} of {recipe.steps} of the `{spec.name}` run. {spec.summary}"
         metadata: ZooMetadata = {"role": role, "strategy": recipe.strategy, "run": spec.name, "step": step,
-                    "train_seconds": round(seconds, 1), "device": self.settings.device.type, "recipe": card_recipe}
+                    "train_seconds": round(seconds, 1), "device": self.settings.device.type, "code_commit": self.code_commit,
+                    "recipe": card_recipe}
         info = ModelCardInfo(name=folder.name, summary=summary, role=role, recipe=card_recipe, scores=scores,
                              parameters=count_parameters(model), train_seconds=seconds,
                              base=None if spec.role == "base" else BASE_NAME, zoo_metadata=metadata,
@@ -266,10 +268,11 @@ class ZooBuilder:
         return entries
 
     def write_manifest(self, entries: list[ZooEntry], fine_tunes: list[ModelSpec], started: float) -> None:
-        """``zoo.json``: every model (role, scores, sha256, recipe), the checkpoint series, the tuning tries, the code."""
+        """``zoo.json``: every model (role, scores, sha256, recipe, device, the code commit that trained it), the checkpoint
+        series, the tuning tries, and the code commit of this build run (``build_code_commit``)."""
         series = {spec.name: spec.folder_names() for spec in fine_tunes if spec.recipe.checkpoints > 1}
         manifest = {"models": [asdict(entry) for entry in entries], "checkpoint_series": series,
-                    "tuning": [asdict(entry) for entry in self.tuning], "code_commit": self.code_commit,
+                    "tuning": [asdict(entry) for entry in self.tuning], "build_code_commit": self.code_commit,
                     "device": self.settings.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "build_seconds_this_run": round(time.perf_counter() - started, 1)}
         (self.settings.output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -283,7 +286,7 @@ def read_entry(folder: Path) -> ZooEntry:
     return ZooEntry(name=folder.name, role=zoo["role"], strategy=zoo["strategy"], num_labels=model.config.num_labels,
                     decoder_hidden_size=model.config.decoder_hidden_size, parameters=count_parameters(model),
                     scores=scores, train_seconds=float(zoo["train_seconds"]), sha256=weights_sha256(folder),
-                    recipe=dict(zoo.get("recipe", {})), device=str(zoo.get("device", "unknown")))
+                    recipe=dict(zoo.get("recipe", {})), device=str(zoo.get("device", "unknown")), code_commit=zoo.get("code_commit"))
 
 
 def build_zoo(settings: BuildSettings) -> list[ZooEntry]:

@@ -43,6 +43,8 @@ class ZooMetadata(TypedDict, total=False):
     step: int
     train_seconds: float
     device: str
+    #: the git commit of the code that trained the model (see :func:`hf_lwmm.zoo.build.code_commit`)
+    code_commit: str | None
     recipe: dict[str, object]
 
 
