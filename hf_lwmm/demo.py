@@ -51,7 +51,8 @@ def build_sources(folder: Path, *, image_size: int = 64) -> list[Path]:
         state = model.state_dict()
         for key, value in pretrained.items():
             if key in state and state[key].shape == value.shape and value.is_floating_point():
-                drift = 0.05 * value.std().nan_to_num() * torch.randn_like(value)
+                spread = float(value.std().nan_to_num())  # the head's BatchNorm, constant at init, drifts too
+                drift = 0.05 * (spread if spread > 0 or "batch_norm" not in key else 1.0) * torch.randn_like(value)
                 state[key] = value + drift if "running_var" not in key else value.abs() + drift.abs()
         model.load_state_dict(state)
         model.save_pretrained(folder / name)
