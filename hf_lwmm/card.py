@@ -30,7 +30,7 @@ from hf_lwmm.recipe import RECIPE_FORMAT, RECIPE_NAME, find_anchor
 from hf_lwmm.result import CardEvaluation, MergeResult
 
 if TYPE_CHECKING:
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import EvalResult, ModelCardData
 
 PLOT_NAME = "lwmm_weights.png"
 CARD_NAME = "README.md"
@@ -204,9 +204,21 @@ def one_line_summary(result: MergeResult, labels: list[str]) -> str:
             f"model, at the inference cost of one model instead of {len(labels)} for their output ensemble.")
 
 
-def build_card(result: MergeResult) -> ModelCard:
-    """Render the card; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
-    from huggingface_hub import ModelCard, ModelCardData
+def render_card(card_data: ModelCardData, template_name: str, **context: Any) -> str:
+    """A card's text: the template (``hf_lwmm/model_cards/``) rendered as ``ModelCard.from_template`` renders it.
+
+    The metadata is huggingface_hub's ``ModelCardData`` (validated, written the Hub's way), but the card is
+    rendered here with jinja2: ``ModelCard`` itself would import the whole Hub client (0.3 s) to write a file.
+    """
+    import jinja2
+
+    template = resources.files("hf_lwmm.model_cards").joinpath(template_name).read_text(encoding="utf-8")
+    return jinja2.Template(template).render(card_data=card_data.to_yaml(), **{**card_data.to_dict(), **context})
+
+
+def build_card(result: MergeResult) -> str:
+    """The card's text; metadata lists Hub sources as ``base_model`` and every source under ``lwmm_sources``."""
+    from huggingface_hub import ModelCardData
 
     from hf_lwmm import __version__
 
@@ -226,11 +238,9 @@ def build_card(result: MergeResult) -> ModelCard:
         metadata.update(base_model=hub_ids, base_model_relation="merge")
     if result.evaluation is not None:
         metadata.update(model_name=result.title, eval_results=model_index_results(result.evaluation))
-    card_data = ModelCardData(**metadata)
-    template = resources.files("hf_lwmm.model_cards").joinpath(TEMPLATE_NAME).read_text()
-    return ModelCard.from_template(
-        card_data,
-        template_str=template,
+    return render_card(
+        ModelCardData(**metadata),
+        TEMPLATE_NAME,
         title=result.title,
         summary=one_line_summary(result, labels),
         repo_hint=result.hub_repo or result.output_dir.name,
@@ -256,7 +266,7 @@ def write_card_files(result: MergeResult, folder: Path) -> None:
     """Write ``lwmm_recipe.yaml``, the per-layer plot (when the method has a per-layer table) and ``README.md``."""
     (folder / RECIPE_NAME).write_text(yaml.safe_dump(recipe_document(result), sort_keys=False, allow_unicode=True))
     plot_layer_weights(result, folder / PLOT_NAME)
-    build_card(result).save(folder / CARD_NAME)
+    (folder / CARD_NAME).write_text(build_card(result), encoding="utf-8")
 
 
 def published_files(folder: Path, repo_id: str) -> dict[str, bytes]:

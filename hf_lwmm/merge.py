@@ -25,7 +25,8 @@ import torch
 from hf_lwmm.card import write_card_files
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import CorruptWeightsError
-from hf_lwmm.io import PlannedRead, ReadAhead, ShardedSafetensorsWriter, weights_sha256
+from hf_lwmm.io import ShardedSafetensorsWriter, TensorSource, weights_sha256
+from hf_lwmm.io.hashing import cache_folder
 from hf_lwmm.io.output import check_output_folder, staged_folder
 from hf_lwmm.methods.functional import gaussian_bn_stats, weighted_average
 from hf_lwmm.plan import MergePlan, Rule, TensorPlan, plan_merge, with_weights
@@ -34,12 +35,10 @@ from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME, ResolvedModel
 from hf_lwmm.result import MergeResult
 from hf_lwmm.system import resolve_device
 
+#: threads hashing the sources' files beside the merge (each hashes whole files; hashlib releases the GIL)
+HASH_THREADS = 2
+
 __all__ = ["MergeResult", "check_output", "execute", "merge"]
-
-#: planned reads in flight ahead of the loop: one per read-ahead thread. More buys little and touches more of the
-#: reused buffers when one tensor's copies fill them (B5, peak RSS at 8 models vs 2: 1.05× at depth 2, 1.18× at 8)
-READ_AHEAD = 2
-
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
           hub_repo: str | None = None, name: str | None = None) -> MergeResult:
@@ -88,51 +87,47 @@ def execute(plan: MergePlan, output_dir: str | Path, options: RunOptions | None 
 
 @contextlib.contextmanager
 def _hashing_sources(models: Sequence[ResolvedModel]) -> Iterator[Callable[[], list[dict[str, str]]]]:
-    """Hash every source's weights files (the recipe records them) on a thread while the loop merges.
+    """Hash every source's weights files (the recipe records them) on threads while the loop merges.
 
     Yields the function that waits for the hashes. Hashing every input after the merge cost as much as
-    the merge itself (4×B5: 1.4 GB); on its own thread it overlaps with the loop's reads and kernels
-    (hashlib releases the GIL). A failed merge still waits for a hash already running.
+    the merge itself (4×B5: 1.4 GB); on threads of their own (hashlib releases the GIL) the hashes run
+    beside the loop's kernels, one file per thread, and a file hashed by an earlier merge and unchanged
+    since is not hashed again (:func:`~hf_lwmm.io.hashing.remembered_sha256`). A failed merge still waits
+    for hashes already running.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-sha256") as pool:
-        hashes = pool.submit(lambda: [weights_sha256(model.folder) for model in models])
+    cache = cache_folder()
+    with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="source-sha256") as pool:
+        hashes = [pool.submit(weights_sha256, model.folder, cache=cache) for model in models]
         try:
-            yield hashes.result
+            yield lambda: [future.result() for future in hashes]
         finally:
-            hashes.cancel()  # a hash not started yet never runs
+            for future in hashes:
+                future.cancel()  # a hash not started yet never runs
 
 
-def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progress: bool,
-                  read_ahead: int = READ_AHEAD) -> dict[str, str]:
+def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progress: bool) -> dict[str, str]:
     """The streaming loop: each planned tensor is read, combined by its rule and written; returns file → sha256.
 
-    The copies are read ``read_ahead`` reads ahead of the loop on a small thread pool (positioned reads
-    and torch kernels release the GIL), so reading the next tensors overlaps with combining this one;
-    ``read_ahead=0`` reads each copy when it is drawn.
+    Each copy is a copy-on-write map of its bytes in the model's file (no read into a buffer; its pages are
+    released when the copy is freed, so memory does not grow with the number of models), and the next
+    tensor's copies are prefetched while this one is combined.
     """
     # one weight tensor per layer, prepared once (not once per tensor)
     weights = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in plan.layer_weights}
-    shared = plan.method.reads_shared_buffer()
-    per_tensor = [_reads_of(tensor, plan, shared=shared) for tensor in plan.tensors]
-    ends = list(itertools.accumulate(len(reads) for reads in per_tensor))
-    outputs = [tensor.output for tensor in plan.tensors]
-    bar = progress_bar(total=len(outputs), desc="merging", unit="tensor", enabled=progress)
-    with bar, _single_threaded_kernels(), ReadAhead([read for reads in per_tensor for read in reads], depth=read_ahead) as ahead, \
-            ShardedSafetensorsWriter(folder, outputs, max_shard_size=plan.recipe.max_shard_bytes,
-                                     metadata={"merged_by": "hf_lwmm"}) as writer:
-
-        def copies(count: int) -> Iterator[torch.Tensor]:
-            """The next ``count`` planned reads, in order (a reused one is valid until the next is drawn)."""
-            tensors = (ahead.next() for _ in range(count))
-            return tensors if device.type == "cpu" else (tensor.to(device) for tensor in tensors)
-
+    reads = [_reads_of(tensor, plan) for tensor in plan.tensors]
+    bar = progress_bar(total=len(plan.tensors), desc="merging", unit="tensor", enabled=progress)
+    with bar, _single_threaded_kernels(), ShardedSafetensorsWriter(folder, [tensor.output for tensor in plan.tensors],
+                                                                   max_shard_size=plan.recipe.max_shard_bytes,
+                                                                   metadata={"merged_by": "hf_lwmm"}) as writer:
         for index, tensor in enumerate(plan.tensors):
             bar.update()
+            for source, name in reads[index + 1] if index + 1 < len(reads) else []:
+                source.prefetch(name)
+            copies = (source.get(name) if device.type == "cpu" else source.get(name).to(device) for source, name in reads[index])
             if tensor.rule is Rule.ANCHOR:
-                merged = ahead.next()
+                merged = next(copies)
             else:
                 merged = _combine(tensor, plan, copies, weights[tensor.layer])
-                ahead.skip_to(ends[index])  # a method that stopped drawing early leaves reads to drop
                 if not torch.isfinite(merged.sum()) and not torch.isfinite(merged).all():  # a finite sum proves it cheaply
                     raise CorruptWeightsError(f"merged tensor {tensor.output.name!r} has NaN or inf values: "
                                               f"check the inputs ({', '.join(plan.labels)})")
@@ -144,9 +139,9 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
 def _single_threaded_kernels() -> Iterator[None]:
     """Run the loop's torch kernels on the calling thread alone, then restore the caller's thread count.
 
-    The kernels are small and memory-bound and the loop already overlaps reading, combining and hashing on
-    threads of its own; an intra-op thread team adds a wake-up per kernel, which on a busy machine waits for
-    a time slice (4×B5 at torch's default 2 threads on 2 busy cores: 17–37 s instead of 3.6 s).
+    The kernels are small and memory-bound and the loop already overlaps combining and hashing on threads
+    of its own; an intra-op thread team adds a wake-up per kernel, which on a busy machine waits for a
+    time slice (4×B5 at torch's default 2 threads on 2 busy cores: 17–37 s instead of 3.6 s).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -156,30 +151,24 @@ def _single_threaded_kernels() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _reads_of(tensor: TensorPlan, plan: MergePlan, *, shared: bool) -> list[PlannedRead]:
-    """The copies :func:`_combine` draws for one tensor, in the order it draws them.
-
-    Copies folded into a running sum (the average, and a method that opted in) share the read-ahead's
-    reused buffers; the others get fresh tensors of their own.
-    """
+def _reads_of(tensor: TensorPlan, plan: MergePlan) -> list[tuple[TensorSource, str]]:
+    """The copies :func:`_combine` draws for one tensor, in the order it draws them."""
     sources = plan.sources
     if tensor.rule is Rule.ANCHOR:
-        return [PlannedRead(sources[plan.anchor], tensor.names[plan.anchor])]
+        return [(sources[plan.anchor], tensor.names[plan.anchor])]
     if tensor.rule is Rule.GAUSSIAN_VARIANCE:
         assert tensor.mean_names is not None
-        return [PlannedRead(source, names[i]) for names in (tensor.mean_names, tensor.names) for i, source in enumerate(sources)]
-    reused = shared or tensor.rule is Rule.AVERAGE
-    return [PlannedRead(source, tensor.names[i], reused=reused) for i, source in enumerate(sources)]
+        return [(source, names[i]) for names in (tensor.mean_names, tensor.names) for i, source in enumerate(sources)]
+    return [(source, tensor.names[i]) for i, source in enumerate(sources)]
 
 
-def _combine(tensor: TensorPlan, plan: MergePlan, copies: Callable[[int], Iterator[torch.Tensor]],
-             weights: torch.Tensor) -> torch.Tensor:
+def _combine(tensor: TensorPlan, plan: MergePlan, copies: Iterator[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     count = len(plan.sources)
     if tensor.rule is Rule.GAUSSIAN_VARIANCE:
-        return gaussian_bn_stats(list(copies(count)), list(copies(count)), weights)[1]
+        return gaussian_bn_stats(list(itertools.islice(copies, count)), list(copies), weights)[1]
     if tensor.rule is Rule.AVERAGE:
-        return weighted_average(copies(count), weights)
-    return plan.method.merge_tensor(tensor.key, copies(count), weights)
+        return weighted_average(copies, weights)
+    return plan.method.merge_tensor(tensor.key, copies, weights)
 
 
 def _copy_configs(anchor_folder: Path, folder: Path, dtype: str | None) -> None:

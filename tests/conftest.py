@@ -11,6 +11,12 @@ from helpers import make_tiny_segformer
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _remembered_hashes_in_a_temporary_folder(tmp_path_factory):
+    """Merges remember their sources' hashes: in a folder of the session's, never the user's cache."""
+    os.environ["HF_LWMM_CACHE"] = str(tmp_path_factory.mktemp("hf-lwmm-cache"))
+
+
 @pytest.fixture
 def tiny_models(tmp_path):
     """Three tiny SegFormers with the same architecture and different weights."""

@@ -15,7 +15,8 @@ from transformers import AutoModelForSemanticSegmentation
 from hf_lwmm.recipe import RunOptions
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.cli import main
-from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, open_weights, parse_size
+from hf_lwmm.errors import CorruptWeightsError
+from hf_lwmm.io import ShardedSafetensorsWriter, TensorInfo, open_weights, parse_size, sha256_of
 
 QUIET = RunOptions(progress=False)
 
@@ -83,16 +84,28 @@ def test_writer_streams_exact_bytes(tmp_path):
             writer.write(name, tensor)
     loaded = load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    before = sha256_of(tmp_path / "model.safetensors")
+    assert writer.sha256 == {"model.safetensors": before}
     source = open_weights(tmp_path, label="x")
-    fresh = source.get("a")
-    fresh += 1  # fresh buffers, not a read-only memory map
-    assert torch.equal(source.get("a"), tensors["a"])
+    mine = source.get("a")
+    mine += 1  # a copy-on-write map: the caller's own, the file unchanged
+    assert torch.equal(source.get("a"), tensors["a"]) and sha256_of(tmp_path / "model.safetensors") == before
+    assert source.get("a").data_ptr() != source.get("a").data_ptr()  # a fresh copy per get
+    assert source.get("empty").shape == (0, 4) and torch.equal(source.get("b"), tensors["b"])
     assert parse_size("5GB") == 5 * 10**9 and parse_size("10KiB") == 10240
-    buffer = torch.zeros(64, dtype=torch.uint8)
-    first = source.get("a", into=buffer)
-    assert torch.equal(first, tensors["a"]) and first.data_ptr() == buffer.data_ptr()  # read into the given buffer
-    second = source.get("c", into=buffer)
-    assert torch.equal(second, tensors["c"]) and second.data_ptr() == first.data_ptr()  # the same memory, reused
-    assert not torch.equal(first, tensors["a"])  # ...so the first copy is gone, as merge_tensor's contract says
-    with pytest.raises(ValueError, match="at least 24 bytes"):
-        source.get("a", into=torch.zeros(8, dtype=torch.uint8))
+    with open(tmp_path / "model.safetensors", "r+b") as handle:  # the file shrinks after its header was read
+        handle.truncate(handle.seek(0, 2) - 4)
+    with pytest.raises(CorruptWeightsError, match="model x: model.safetensors is truncated at tensor 'c'"):
+        source.get("c")
+
+
+def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path):
+    """safetensors' own writer aligns every tensor; a file that does not (a one-byte tensor first) still reads."""
+    values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.float32)
+    header = {"flag": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+              "values": {"dtype": "F32", "shape": [3], "data_offsets": [1, 13]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (tmp_path / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x07" + values.numpy().tobytes())
+    source = open_weights(tmp_path, label="odd")
+    assert torch.equal(source.get("values"), values) and source.get("flag").tolist() == [7]

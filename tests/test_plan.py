@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 
 import pytest
@@ -12,9 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from hf_lwmm import MergeRecipe, RunOptions, execute, merge, plan_merge
 from hf_lwmm.errors import IncompatibleModelsError
-from hf_lwmm.io.reader import SafetensorsSource, sha256_of
-from hf_lwmm.merge import READ_AHEAD, write_weights
-from hf_lwmm.methods import METHODS, shares_read_buffer
+from hf_lwmm.io import reader
+from hf_lwmm.io.hashing import sha256_of
+from hf_lwmm.io.reader import SafetensorsSource
+from hf_lwmm.merge import write_weights
+from hf_lwmm.methods import METHODS
 from hf_lwmm.methods.isotropic import IsotropicMerge
 from hf_lwmm.plan import Rule
 
@@ -30,7 +31,7 @@ def test_plan_reads_no_weight_bytes_then_execute_streams_it(tiny_models, tmp_pat
 
     with monkeypatch.context() as patch:
         patch.setattr(SafetensorsSource, "get", no_reads)
-        patch.setattr(os, "preadv", no_reads)
+        patch.setattr(reader.mmap, "mmap", no_reads)
         plan = plan_merge(MergeRecipe(models=tiny_models, parameters={"alpha": 0.5, "start_layer": 4}, dtype="float16"))
     assert len(plan.layers) == 19 and plan.layers[4] == "block.1.0" and plan.method_parameters["start_layer"] == 4
     rules = {tensor.key: tensor for tensor in plan.tensors}
@@ -81,7 +82,7 @@ def test_unrelated_architectures_are_refused_naming_both(tmp_path):
 
 
 class MedianMerge(IsotropicMerge):
-    """A median written the usual way: it keeps every copy it is given."""
+    """A median written the usual way: it keeps every copy it is given, then scribbles on them."""
 
     name = "median-test"
     seen: list[torch.Tensor] = []
@@ -89,42 +90,25 @@ class MedianMerge(IsotropicMerge):
     def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         copies = list(tensors)
         MedianMerge.seen = copies
-        return torch.stack(copies).median(dim=0).values
+        median = torch.stack(copies).median(dim=0).values
+        for copy in copies:
+            copy.fill_(float("nan"))  # its own copy: the model's file must not change
+        return median
 
 
-class SharingMerge(IsotropicMerge):
-    """A running weighted sum that opted into the shared read buffer."""
-
-    name = "sharing-test"
-    pointers: set[int] = set()
-
-    @shares_read_buffer
-    def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(())
-        for tensor, weight in zip(tensors, weights.tolist()):
-            SharingMerge.pointers.add(tensor.data_ptr())
-            total = total + weight * tensor
-        return total
-
-
-def test_custom_methods_receive_fresh_tensors_unless_they_opt_in(tiny_models, tmp_path, monkeypatch):
+def test_custom_methods_receive_copies_of_their_own(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, MedianMerge.name, MedianMerge)
-    monkeypatch.setitem(METHODS, SharingMerge.name, SharingMerge)
-    assert not MedianMerge.reads_shared_buffer() and SharingMerge.reads_shared_buffer() and IsotropicMerge.reads_shared_buffer()
-    merge(MergeRecipe(models=tiny_models, method=MedianMerge.name), tmp_path / "median", QUIET)
+    before = [sha256_of(m / "model.safetensors") for m in tiny_models]
     sources = torch.stack([load_file(m / "model.safetensors")[MID] for m in tiny_models])
+    merge(MergeRecipe(models=tiny_models, method=MedianMerge.name), tmp_path / "median", QUIET)
     torch.testing.assert_close(load_file(tmp_path / "median" / "model.safetensors")[MID], sources.median(dim=0).values,
                                rtol=0, atol=0)
-    assert len({tensor.data_ptr() for tensor in MedianMerge.seen}) == 3  # three buffers, not one overwritten thrice
-
-    merge(MergeRecipe(models=tiny_models, method=SharingMerge.name), tmp_path / "shared", QUIET)
-    # every copy of every tensor read into the read-ahead's ring of reused buffers, not a fresh one each
-    assert len(SharingMerge.pointers) == READ_AHEAD + 1
-    torch.testing.assert_close(load_file(tmp_path / "shared" / "model.safetensors")[MID], sources.mean(dim=0))
+    assert len({tensor.data_ptr() for tensor in MedianMerge.seen}) == 3  # three copies, not one buffer overwritten thrice
+    assert [sha256_of(m / "model.safetensors") for m in tiny_models] == before
 
 
 class FirstCopyMerge(IsotropicMerge):
-    """Draws only the first model's copy and stops: the executor must drop the reads it planned for the others."""
+    """Draws only the first model's copy and stops."""
 
     name = "first-copy-test"
 
@@ -132,23 +116,39 @@ class FirstCopyMerge(IsotropicMerge):
         return next(iter(tensors)).float()
 
 
-@pytest.mark.parametrize("method", ["layerwise", MedianMerge.name, FirstCopyMerge.name])
-def test_read_ahead_writes_the_same_bytes_as_reading_each_copy_when_drawn(tiny_models, tmp_path, monkeypatch, method):
-    monkeypatch.setitem(METHODS, MedianMerge.name, MedianMerge)
+def test_a_method_may_stop_drawing_copies(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, FirstCopyMerge.name, FirstCopyMerge)
-    plan = plan_merge(MergeRecipe(models=tiny_models, method=method, dtype="float16"), QUIET)
-    assert {tensor.rule for tensor in plan.tensors} == set(Rule)  # every rule's reads go through the read-ahead
-    hashes = {}
-    depths = sorted({0, 1, READ_AHEAD, 8})
-    for depth in depths:
-        folder = tmp_path / f"depth-{depth}"
-        folder.mkdir()
-        hashes[depth] = write_weights(plan, folder, device=torch.device("cpu"), progress=False, read_ahead=depth)
-        assert hashes[depth] == {"model.safetensors": sha256_of(folder / "model.safetensors")}
-    assert all(hashes[depth] == hashes[0] for depth in depths)
-    if method == FirstCopyMerge.name:
-        first = load_file(tiny_models[0] / "model.safetensors")[MID]
-        assert torch.equal(load_file(tmp_path / "depth-8" / "model.safetensors")[MID], first.half())
+    merge(MergeRecipe(models=tiny_models, method=FirstCopyMerge.name, dtype="float16"), tmp_path / "first", QUIET)
+    first = load_file(tiny_models[0] / "model.safetensors")[MID]
+    assert torch.equal(load_file(tmp_path / "first" / "model.safetensors")[MID], first.half())
+
+
+def test_each_tensor_is_prefetched_while_the_one_before_is_merged(tiny_models, tmp_path, monkeypatch):
+    plan = plan_merge(MergeRecipe(models=tiny_models, method="layerwise"), QUIET)
+    assert {tensor.rule for tensor in plan.tensors} == set(Rule)  # every rule's reads are covered
+    calls: list[tuple[str, int, str]] = []
+    get, prefetch = SafetensorsSource.get, SafetensorsSource.prefetch
+    monkeypatch.setattr(SafetensorsSource, "get", lambda self, name: calls.append(("get", id(self), name)) or get(self, name))
+    monkeypatch.setattr(SafetensorsSource, "prefetch",
+                        lambda self, name: calls.append(("prefetch", id(self), name)) or prefetch(self, name))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    hashes = write_weights(plan, folder, device=torch.device("cpu"), progress=False)
+    assert hashes == {"model.safetensors": sha256_of(folder / "model.safetensors")}
+    reads = [_reads(plan, index) for index in range(len(plan.tensors))]
+    # each step prefetches the next tensor's reads, then draws its own: P(1) G(0) P(2) G(1) … G(n-1)
+    expected = [("get", *read) for read in reads[0]] if len(reads) == 1 else []
+    for index in range(len(reads)):
+        expected += [("prefetch", *read) for read in (reads[index + 1] if index + 1 < len(reads) else [])]
+        expected += [("get", *read) for read in reads[index]]
+    assert calls == expected and len(calls) == sum(2 * len(r) for r in reads) - len(reads[0])
+
+
+def _reads(plan, index: int) -> list[tuple[int, str]]:
+    """The (source, name) reads of one planned tensor, as write_weights draws them."""
+    from hf_lwmm.merge import _reads_of
+
+    return [(id(source), name) for source, name in _reads_of(plan.tensors[index], plan)]
 
 
 def test_fisher_merge_replays_from_its_recipe(tmp_path):

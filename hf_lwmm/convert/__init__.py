@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import yaml
 from hf_lwmm.convert.mmseg import Conversion, class_names, convert_state, read_checkpoint, select_weights
 from hf_lwmm.errors import LwmmError
 from hf_lwmm.hub import CONVERSION_NAME
+from hf_lwmm.io.hashing import sha256_of
 from hf_lwmm.io.output import check_output_folder, staged_folder
-from hf_lwmm.io.reader import sha256_of
 from hf_lwmm.refs import ModelRef, download_file
 
 CARD_TEMPLATE = "mmseg_conversion.md"
@@ -118,18 +117,19 @@ def _write_model(conversion: Conversion, folder: Path) -> None:
 
 
 def _write_card(conversion: Conversion, folder: Path, name: str, context: dict[str, Any]) -> None:
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     from hf_lwmm import __version__
+    from hf_lwmm.card import render_card
 
     card_data = ModelCardData(library_name="transformers",
                               pipeline_tag="image-segmentation" if conversion.has_head else "image-feature-extraction",
                               tags=["segformer", "mmsegmentation", "lwmm-convert"])
-    template = resources.files("hf_lwmm.model_cards").joinpath(CARD_TEMPLATE).read_text()
     auto_class = "AutoModelForSemanticSegmentation" if conversion.has_head else "AutoModel"
-    ModelCard.from_template(card_data, template_str=template, model_name=name, tool_version=__version__,
-                            has_head=conversion.has_head, auto_class=auto_class, weights=conversion.weights,
-                            config=conversion.config, left_out=conversion.left_out, **context).save(folder / "README.md")
+    text = render_card(card_data, CARD_TEMPLATE, model_name=name, tool_version=__version__, has_head=conversion.has_head,
+                       auto_class=auto_class, weights=conversion.weights, config=conversion.config, left_out=conversion.left_out,
+                       **context)
+    (folder / "README.md").write_text(text, encoding="utf-8")
 
 
 def _write_record(conversion: Conversion, folder: Path, *, source: str, sha256: str, command: str,

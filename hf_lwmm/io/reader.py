@@ -1,22 +1,21 @@
 """Lazy tensor access to a model's weights, one tensor at a time.
 
-Safetensors files are read with positioned reads (``os.pread``) into fresh buffers instead of a
-memory map: pages of a map stay in the process's resident set until it is closed, so merging M
-models through maps grows peak RSS with M. A fresh buffer is also safe to modify.
+A safetensors tensor is a copy-on-write memory map of its own bytes (``mmap`` with ``MAP_PRIVATE`` over the
+tensor's pages, not the whole file): nothing is copied on the way to the merge's kernels, writing to the
+tensor never reaches the file, and the pages leave the process's resident set when the tensor is freed
+(a map of the whole file would keep every page it ever touched, so peak RSS would grow with the number of
+models). :meth:`TensorSource.prefetch` asks the kernel to read a tensor's bytes ahead, while the merge
+computes the one before it.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
+import mmap
 import os
 import struct
 import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,25 +82,16 @@ class TensorSource:
     def names(self) -> list[str]:
         return list(self.infos)
 
-    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
-        """Return the tensor in a writable buffer of its own (not memory-mapped).
-
-        ``into``: a 1-D uint8 buffer of at least the tensor's size to read into instead of a fresh one
-        (the tensor is then a view of it, valid until the buffer is reused).
-        """
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor, in memory of its own: the caller may keep it or modify it without changing the source."""
         raise NotImplementedError
 
-    def _buffer(self, name: str, into: torch.Tensor | None) -> torch.Tensor:
-        size = self.infos[name].nbytes
-        if into is None:
-            return torch.empty(size, dtype=torch.uint8)  # unlike bytearray, not zero-filled first
-        if into.dtype != torch.uint8 or into.dim() != 1 or into.numel() < size:
-            raise ValueError(f"buffer for {name!r} must be 1-D uint8 with at least {size} bytes")
-        return into[:size]
+    def prefetch(self, name: str) -> None:
+        """Start bringing the tensor's bytes into memory without waiting (a hint; the default does nothing)."""
 
 
 class SafetensorsSource(TensorSource):
-    """One or several safetensors shards, read by positioned reads."""
+    """One or several safetensors shards; each tensor is mapped copy-on-write when it is asked for."""
 
     def __init__(self, label: str, files: list[Path]) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -115,23 +105,31 @@ class SafetensorsSource(TensorSource):
         self._opening = threading.Lock()
         super().__init__(label, {name: entry.info for name, entry in self._entries.items()})
 
-    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor:
         entry = self._entries[name]
-        size = entry.stop - entry.start
-        if size == 0:
+        if entry.stop == entry.start:
             return torch.empty(entry.info.shape, dtype=entry.info.dtype)
-        with self._opening:  # read-ahead threads may ask for the same shard at once: open it once
-            handle = self._handles.get(entry.file)
+        first_page = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
+        try:
+            window = mmap.mmap(self._fileno(entry.file), entry.stop - first_page, access=mmap.ACCESS_COPY, offset=first_page)
+        except ValueError:  # the file shrank since its header was read
+            raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}") from None
+        data = torch.frombuffer(window, dtype=torch.uint8, count=entry.stop - entry.start, offset=entry.start - first_page)
+        if (entry.start - first_page) % entry.info.dtype.itemsize:
+            data = data.clone()  # a tensor not aligned to its element size in the file (no writer today does that)
+        return data.view(entry.info.dtype).reshape(entry.info.shape)
+
+    def prefetch(self, name: str) -> None:
+        entry = self._entries[name]
+        if entry.stop > entry.start and hasattr(os, "posix_fadvise"):  # not on macOS or Windows
+            os.posix_fadvise(self._fileno(entry.file), entry.start, entry.stop - entry.start, os.POSIX_FADV_WILLNEED)
+
+    def _fileno(self, file: Path) -> int:
+        with self._opening:  # threads may ask for the same shard at once: open it once
+            handle = self._handles.get(file)
             if handle is None:
-                handle = self._handles[entry.file] = open(entry.file, "rb", buffering=0)
-        buffer = self._buffer(name, into)
-        view, done = buffer.numpy().data, 0
-        while done < size:
-            read = os.preadv(handle.fileno(), [view[done:]], entry.start + done)
-            if read <= 0:
-                raise CorruptWeightsError(f"model {self.label}: {entry.file.name} is truncated at tensor {name!r}")
-            done += read
-        return buffer.view(entry.info.dtype).reshape(entry.info.shape)
+                handle = self._handles[file] = open(file, "rb", buffering=0)
+        return handle.fileno()
 
 
 class StateDictSource(TensorSource):
@@ -141,74 +139,8 @@ class StateDictSource(TensorSource):
         self._tensors = tensors
         super().__init__(label, {n: TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()})
 
-    def get(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
-        tensor = self._tensors[name]
-        if not tensor.numel():
-            return tensor.clone()
-        return self._buffer(name, into).view(tensor.dtype).reshape(tensor.shape).copy_(tensor)
-
-
-@dataclass(frozen=True)
-class PlannedRead:
-    """One tensor of one model that a :class:`ReadAhead` will read."""
-
-    source: TensorSource
-    name: str
-    #: read into one of the read-ahead's reused buffers (valid until the next read is drawn) instead of a fresh tensor
-    reused: bool = False
-
-
-class ReadAhead:
-    """Reads a known sequence of tensors in order, ``depth`` reads ahead of the consumer, on a small thread pool.
-
-    Positioned reads release the GIL, so the next tensors are read while the consumer computes. Reused reads
-    rotate through ``depth + 1`` buffers of the largest such tensor's size: at most the drawn read and the
-    ``depth`` reads after it are alive, so memory does not grow with the length of the sequence or the number
-    of models. ``depth=0`` reads each tensor when it is drawn, on the caller's thread. Use as a context manager.
-    """
-
-    #: reads running at once (page-cache copies: more threads than this only compete for the cores)
-    WORKERS = 2
-
-    def __init__(self, reads: list[PlannedRead], *, depth: int) -> None:
-        self._reads = reads
-        self._depth = depth
-        largest = max((read.source.infos[read.name].nbytes for read in reads if read.reused), default=0)
-        self._buffers = [torch.empty(largest, dtype=torch.uint8) for _ in range(depth + 1)] if largest else []
-        self._reused = 0  # reused reads started so far (picks the buffer)
-        self._started = 0
-        self._drawn = 0
-        self._pending: deque[Callable[[], torch.Tensor]] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=min(depth, self.WORKERS), thread_name_prefix="read-ahead") if depth else None
-
-    def __enter__(self) -> ReadAhead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def next(self) -> torch.Tensor:
-        """The next tensor of the sequence (a reused one is valid until the next call)."""
-        while len(self._pending) <= self._depth and self._started < len(self._reads):
-            self._pending.append(self._start(self._reads[self._started]))
-            self._started += 1
-        self._drawn += 1
-        return self._pending.popleft()()
-
-    def skip_to(self, position: int) -> None:
-        """Drop the reads before ``position`` (a count from the start of the sequence) not drawn yet."""
-        while self._drawn < position:
-            self.next()
-
-    def _start(self, read: PlannedRead) -> Callable[[], torch.Tensor]:
-        into = None
-        if read.reused:
-            into = self._buffers[self._reused % len(self._buffers)]
-            self._reused += 1
-        if self._pool is None:
-            return functools.partial(read.source.get, read.name, into=into)
-        return self._pool.submit(read.source.get, read.name, into=into).result
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name].clone()
 
 
 def open_weights(folder: Path, *, label: str, allow_pickle: bool = False) -> TensorSource:
@@ -347,20 +279,3 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate key")
     return dict(pairs)
-
-
-#: files that hold a model folder's weights (what open_weights may read)
-WEIGHTS_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-
-
-def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_sha256(folder: Path) -> dict[str, str]:
-    """sha256 of each weights file of a model folder, by file name."""
-    return {path.name: sha256_of(path) for pattern in WEIGHTS_PATTERNS for path in sorted(Path(folder).glob(pattern))}

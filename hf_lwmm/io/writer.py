@@ -1,13 +1,16 @@
 """Streaming safetensors writer: the header is known in advance, so tensors go straight to disk.
 
 Only the tensor being written is ever in memory. Shards and their index follow transformers'
-naming (``model-00001-of-00002.safetensors`` + ``model.safetensors.index.json``).
+naming (``model-00001-of-00002.safetensors`` + ``model.safetensors.index.json``). Each file's sha256 is
+taken on a thread that reads back what was written (from the page cache), so the writer never waits for
+the hash and holds no tensor for it: the hash is of the bytes in the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +22,8 @@ from hf_lwmm.errors import FieldError
 from hf_lwmm.io.reader import DTYPE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, TensorInfo
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+#: bytes the hash thread reads back per step
+_HASH_CHUNK = 1 << 20
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
@@ -85,21 +90,23 @@ class ShardedSafetensorsWriter:
         self._expected = iter([info for _, shard in self._queue for info in shard])
         self._shard_left: list[TensorInfo] = []
         self._handle: BinaryIO | None = None
+        self._written = 0
         self._hash = hashlib.sha256()
         self._weight_map: dict[str, str] = {}
         self.total_size = sum(info.nbytes for info in plan)
         self.sha256: dict[str, str] = {}
-        self._hasher = ThreadPoolExecutor(max_workers=1)
-        self._hashed: Future[None] | None = None
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="output-sha256")
+        self._hashing: list[Future[None]] = []  # the current shard's hash steps, in order
+        self._hash_buffer = memoryview(bytearray(_HASH_CHUNK))  # the hash thread's own
 
     def __enter__(self) -> ShardedSafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=exc_type is not None)  # before the file it reads is closed
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        self._hasher.shutdown(wait=True)
         if exc_type is None:
             self._finish()
 
@@ -121,26 +128,29 @@ class ShardedSafetensorsWriter:
         file_name, shard = self._queue.pop(0)
         self._file_name = file_name
         self._shard_left = list(shard)
-        self._handle = open(self.folder / file_name, "wb")
+        self._handle = open(self.folder / file_name, "w+b", buffering=0)  # unbuffered: what is written is in the file, to read back
+        self._written = 0
         self._hash = hashlib.sha256()
         self._emit(_header_bytes(shard, self.metadata))
         self._weight_map.update({info.name: file_name for info in shard})
 
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._handle is not None
-        self._handle.write(data)
-        # hashlib releases the GIL: hashing in order on one worker overlaps with reading the next tensors;
-        # at most one buffer waits for its hash, so memory stays bounded
-        if self._hashed is not None:
-            self._hashed.result()
-        self._hashed = self._hasher.submit(self._hash.update, data)
+        start, view = self._written, memoryview(data).cast("B")
+        done = 0
+        while done < len(view):  # a raw write may write less than asked
+            done += self._handle.write(view[done:]) or 0
+        self._written += done
+        if done:
+            self._hashing.append(self._hasher.submit(self._hash_range, self._hash, self._handle.fileno(), start, done))
 
     def _close_shard(self) -> None:
         assert self._handle is not None
+        for step in self._hashing:  # every step done, and none failed
+            step.result()
+        self._hashing = []
         self._handle.close()
         self._handle = None
-        assert self._hashed is not None
-        self._hashed.result()
         self.sha256[self._file_name] = self._hash.hexdigest()
 
     def _finish(self) -> None:
@@ -149,3 +159,13 @@ class ShardedSafetensorsWriter:
         if len(self.sha256) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self._weight_map.items()))}
             (self.folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+    def _hash_range(self, digest: hashlib._Hash, fileno: int, start: int, size: int) -> None:
+        """Feed ``size`` bytes of the open file from ``start`` into ``digest`` (on the hash thread, in order)."""
+        while size:
+            read = os.preadv(fileno, [self._hash_buffer[:min(size, _HASH_CHUNK)]], start)
+            if read <= 0:
+                raise OSError(f"{self._file_name}: could not read back the {size} bytes written at offset {start}")
+            digest.update(self._hash_buffer[:read])
+            start, size = start + read, size - read

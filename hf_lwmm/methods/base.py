@@ -11,9 +11,9 @@ Layering: methods import only pure modules (:mod:`hf_lwmm.schedules`, :mod:`hf_l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, type[MergeMethod]] = {}
 Method = TypeVar("Method", bound="type[MergeMethod]")
-Function = TypeVar("Function", bound=Callable[..., Any])
 
 
 def register_method(cls: Method) -> Method:
@@ -59,16 +58,6 @@ class NoParameters(MethodParameters):
     """A method without parameters."""
 
 
-def shares_read_buffer(function: Function) -> Function:
-    """Mark a ``merge_tensor`` that folds each copy in before drawing the next (a running weighted sum).
-
-    Only such a function may receive every model's copy in one reused read buffer; any other
-    ``merge_tensor`` (including an override in a subclass) receives a fresh tensor per model.
-    """
-    function.shares_read_buffer = True  # type: ignore[attr-defined]
-    return function
-
-
 class MergeMethod(ABC):
     """Decides each model's weight per layer, and how one shared tensor is combined."""
 
@@ -91,11 +80,6 @@ class MergeMethod(ABC):
         self.num_models = num_models
         self.anchor = anchor
 
-    @classmethod
-    def reads_shared_buffer(cls) -> bool:
-        """Whether :meth:`merge_tensor` opted into the shared read buffer (see :func:`shares_read_buffer`)."""
-        return bool(getattr(cls.merge_tensor, "shares_read_buffer", False))
-
     @abstractmethod
     def layer_weights(self, layers: list[str]) -> list[LayerWeights]:
         """Weights of every model for each shared layer."""
@@ -103,12 +87,11 @@ class MergeMethod(ABC):
     def prepare(self, models: list[ResolvedModel], alignment: Alignment, *, device: torch.device, progress: bool) -> None:
         """Gather what the method needs beyond the weights (e.g. Fisher information); runs in the executor."""
 
-    @shares_read_buffer
     def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """Combine one shared floating tensor (``tensors`` yields each model's copy); default: the weighted average.
 
-        An override receives fresh tensors (its own to keep or modify) unless it is marked with
-        :func:`shares_read_buffer`.
+        Each copy is the method's own to keep or modify (writing to it never reaches the model's file); drawing
+        them one at a time and folding each in keeps one copy in memory, not one per model.
         """
         return weighted_average(tensors, weights)
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from hf_lwmm.console import progress_bar
 from hf_lwmm.errors import RecipeError
 from hf_lwmm.layers import layer_of
-from hf_lwmm.methods.base import LayerTable, MergeMethod, MethodParameters, register_method, shares_read_buffer
+from hf_lwmm.methods.base import LayerTable, MergeMethod, MethodParameters, register_method
 from hf_lwmm.methods.functional import fisher_weighted_average
 from hf_lwmm.methods.linear import check_model_weights, check_weight_count
 from hf_lwmm.schedules import LayerWeights, constant_weights
@@ -139,7 +139,6 @@ class FisherMerge(MergeMethod):
             fisher = model_fisher(model, data, device=device, progress=progress)
             self.fishers.append({canonical_name(name, model.model_type): tensor for name, tensor in fisher.items()})
 
-    @shares_read_buffer
     def merge_tensor(self, key: str, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """Fisher-weighted average; a tensor without gradient (a buffer) has zero Fisher, i.e. the plain λ-average."""
         return fisher_weighted_average(tensors, (fisher.get(key) for fisher in self.fishers), weights)
