@@ -25,7 +25,7 @@ import yaml
 
 from hf_lwmm.align import TensorStatus, alignment_counts
 from hf_lwmm.methods import METHODS, LayerTable
-from hf_lwmm.plotting import new_figure
+from hf_lwmm.plotting import Line, line_chart
 from hf_lwmm.recipe import RECIPE_FORMAT, RECIPE_NAME, find_anchor
 from hf_lwmm.result import CardEvaluation, MergeResult
 
@@ -143,22 +143,15 @@ def plot_layer_weights(result: MergeResult, path: Path) -> None:
     table = layer_table(result)
     if table is None:
         return
-    figure, axis = new_figure(max(6.0, len(table.rows) * 0.12), 3.2)
-    for index, label in enumerate(display_labels(result)):
-        is_anchor = index == result.anchor
-        axis.plot([row.index for row in table.rows], [row.weights[index] for row in table.rows],
-                  linewidth=2.2 if is_anchor else 1.0, linestyle="-" if is_anchor else (0, (4, 1 + index)),
-                  label=f"{label} (anchor)" if is_anchor else label)
+    x = [row.index for row in table.rows]
+    lines = [Line(f"{label} (anchor)" if index == result.anchor else label, x, [row.weights[index] for row in table.rows],
+                  emphasised=index == result.anchor, dash=3 + index)
+             for index, label in enumerate(display_labels(result))]
     start = result.method_parameters.get("start_layer")
-    if isinstance(start, int):
-        axis.axvline(start, color="grey", linestyle=":", linewidth=1, label=f"start layer {start}")
-    axis.set_xlabel("shared layer (shallow → deep)")
-    axis.set_ylabel(table.quantity)
-    axis.set_ylim(-0.02, 1.02)
-    axis.set_title(f"{result.recipe.method} merge: {table.quantity} per layer")
-    axis.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    line_chart(path, lines, title=f"{result.recipe.method} merge: {table.quantity} per layer",
+               x_label="shared layer (shallow to deep)", y_label=table.quantity, y_range=(0.0, 1.0),
+               marker=(start, f"start layer {start}") if isinstance(start, int) else None,
+               width=max(760, 14 * len(table.rows) + 120))
 
 
 def _alignment_details(result: MergeResult) -> dict[str, Any]:

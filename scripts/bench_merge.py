@@ -9,7 +9,10 @@ For each thread setting (torch's default, which is what a user gets, then 1 thre
 it times (wall clock) and measures the peak resident memory of four kinds of child process: the I/O
 floor (plain Python reads every input file and writes one output of a model's size: interpreter start
 and the bytes any merge must move, no torch), the naive baseline (``safetensors.torch.load_file`` every
-model, average, ``save_file``) and ``lwmm-hub merge --method isotropic|layerwise``. It prints a table,
+model, average, ``save_file``) and ``lwmm-hub merge --method isotropic|layerwise``, whose recipe records
+every source's sha256. lwmm remembers the hash of a file it hashed before and that has not changed since
+(``HF_LWMM_CACHE``), so the two ``lwmm-*`` rows are re-merges of known files, and ``lwmm-isotropic-first``
+is the first merge of the files (an empty hash cache on every run: every source hashed). It prints a table,
 the ratios (wall vs naive and vs floor; the marginal cost of one more model, i.e. the slope of wall time
 against the model count, vs the floor's; peak RSS vs naive and at the most vs the fewest models), the
 cost of the card, recipe and plot (written after the weights, in the merge's process) as its own row,
@@ -52,8 +55,13 @@ CONFIG_NAME = "config.json"
 RUNNING_VAR = ".running_var"
 FLOOR = "io-floor"
 NAIVE = "naive"
-LWMM_METHODS = ("isotropic", "layerwise")
-VARIANTS = (FLOOR, NAIVE, *(f"lwmm-{method}" for method in LWMM_METHODS))
+#: the first merge of these files: no source hash remembered from an earlier merge (an empty hash cache per run)
+FIRST_MERGE = "lwmm-isotropic-first"
+#: lwmm variant → method; the others run with the hashes of unchanged sources remembered (what a re-merge gets)
+LWMM_VARIANTS = {"lwmm-isotropic": "isotropic", "lwmm-layerwise": "layerwise", FIRST_MERGE: "isotropic"}
+VARIANTS = (FLOOR, NAIVE, *LWMM_VARIANTS)
+#: lwmm's environment variable for the folder of remembered source hashes
+HASH_CACHE_VARIABLE = "HF_LWMM_CACHE"
 #: the variant doing the same math as the naive baseline, judged against the goals first
 LIKE_FOR_LIKE = "lwmm-isotropic"
 #: thread settings, one row each: torch's default (what a user gets; the goals are judged on it), then 1
@@ -308,20 +316,28 @@ def variant_command(variant: str, models: list[Path], output: Path) -> list[str]
     """The child process for one variant; lwmm runs on the CPU like the baseline, even with a GPU."""
     if variant in (NAIVE, FLOOR):
         return child_command("naive-merge" if variant == NAIVE else "io-floor", "--output", output, *models)
-    method = variant.removeprefix("lwmm-")
     return [sys.executable, "-m", "hf_lwmm.cli", "merge", *map(str, models), "--anchor", str(models[0]),
-            "--output", str(output), "--method", method, "--device", "cpu"]
+            "--output", str(output), "--method", LWMM_VARIANTS[variant], "--device", "cpu"]
 
 
-def child_environment(threads: str) -> dict[str, str]:
-    """``threads``: a count for OpenMP/MKL, or ``default`` for torch's own choice (the variables unset)."""
+def hash_cache(variant: str, workdir: Path) -> Path:
+    """The folder of remembered source hashes a variant's run gets: a new, empty one for :data:`FIRST_MERGE`."""
+    if variant != FIRST_MERGE:
+        return workdir / "hash-cache"
+    shutil.rmtree(workdir / "hash-cache-first", ignore_errors=True)
+    return workdir / "hash-cache-first"
+
+
+def child_environment(threads: str, *, cache: Path) -> dict[str, str]:
+    """``threads``: a count for OpenMP/MKL, or ``default`` for torch's own choice (the variables unset); ``cache``:
+    lwmm's remembered source hashes."""
     environment = {name: value for name, value in os.environ.items() if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if threads != DEFAULT_THREADS:
         environment.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-    return {**environment, "HF_HUB_OFFLINE": "1"}
+    return {**environment, "HF_HUB_OFFLINE": "1", HASH_CACHE_VARIABLE: str(cache)}
 
 
-def run_measured(command: list[str], *, log: Path, threads: str) -> tuple[float, float]:
+def run_measured(command: list[str], *, log: Path, threads: str, cache: Path) -> tuple[float, float]:
     """Run a child to completion; return its wall time (s) and its own peak RSS (MiB).
 
     ``os.wait4`` reports the rusage of that one child, unlike ``RUSAGE_CHILDREN`` which keeps the
@@ -330,7 +346,7 @@ def run_measured(command: list[str], *, log: Path, threads: str) -> tuple[float,
     os.sync()  # the previous run's dirty pages must not be written back during this one
     with open(log, "wb") as sink:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=child_environment(threads))
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=child_environment(threads, cache=cache))
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -343,7 +359,8 @@ def run_measured(command: list[str], *, log: Path, threads: str) -> tuple[float,
 def measure(variant: str, models: list[Path], workdir: Path, *, threads: str) -> Measurement:
     output = workdir / f"out-{variant}"
     shutil.rmtree(output, ignore_errors=True)
-    wall, rss = run_measured(variant_command(variant, models, output), log=workdir / f"{variant}.log", threads=threads)
+    wall, rss = run_measured(variant_command(variant, models, output), log=workdir / f"{variant}.log", threads=threads,
+                             cache=hash_cache(variant, workdir))
     shutil.rmtree(output)
     return Measurement(threads, len(models), variant, wall, rss)
 
@@ -353,7 +370,8 @@ def warm_up(models: list[Path], workdir: Path) -> float:
     outputs = {variant: workdir / f"warmup-{variant}" for variant in VARIANTS}
     for variant, output in outputs.items():
         shutil.rmtree(output, ignore_errors=True)
-        run_measured(variant_command(variant, models, output), log=workdir / f"warmup-{variant}.log", threads="1")
+        run_measured(variant_command(variant, models, output), log=workdir / f"warmup-{variant}.log", threads="1",
+                     cache=hash_cache(variant, workdir))
     comparison = subprocess.run(child_command("compare-outputs", outputs[NAIVE], outputs[LIKE_FOR_LIKE]),
                                 check=True, capture_output=True, text=True)
     for output in outputs.values():
@@ -380,7 +398,7 @@ def run_benchmark(counts: list[int], folders: list[Path], workdir: Path, *, repe
     return medians(runs)
 
 
-def time_startup(*, repeat: int) -> tuple[float, float]:
+def time_startup(workdir: Path, *, repeat: int) -> tuple[float, float]:
     """Median wall time of ``lwmm-hub --help`` and of ``python -c "import torch"``, alternating."""
     help_command = [sys.executable, "-m", "hf_lwmm.cli", "--help"]
     torch_command = [sys.executable, "-c", "import torch"]
@@ -389,7 +407,7 @@ def time_startup(*, repeat: int) -> tuple[float, float]:
         commands = [(0, help_command), (1, torch_command)]
         for slot, command in commands if round_index % 2 == 0 else commands[::-1]:
             started = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True, env=child_environment(DEFAULT_THREADS))
+            subprocess.run(command, check=True, capture_output=True, env=child_environment(DEFAULT_THREADS, cache=workdir / "hash-cache"))
             if round_index:
                 times[slot].append(time.perf_counter() - started)
     return statistics.median(times[0]), statistics.median(times[1])
@@ -402,7 +420,7 @@ def time_card(models: list[Path], workdir: Path, *, repeat: int) -> tuple[float,
         output = workdir / "out-card"
         shutil.rmtree(output, ignore_errors=True)
         done = subprocess.run(child_command("card-cost", "--output", output, *models), check=True, capture_output=True,
-                              text=True, env=child_environment(DEFAULT_THREADS))
+                              text=True, env=child_environment(DEFAULT_THREADS, cache=hash_cache(LIKE_FOR_LIKE, workdir)))
         shutil.rmtree(output)
         figures = json.loads(done.stdout.splitlines()[-1])
         merges.append(figures["merge_s"])
@@ -557,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_benchmark(args.models, folders, workdir, repeat=args.repeat)
         card_count = GOAL_MODEL_COUNT if GOAL_MODEL_COUNT in args.models else args.models[0]
         merge_wall, card_wall = time_card(folders[:card_count], workdir, repeat=args.repeat)
-        help_wall, torch_wall = time_startup(repeat=args.repeat)
+        help_wall, torch_wall = time_startup(workdir, repeat=args.repeat)
     finally:
         if not args.keep:
             shutil.rmtree(model_root, ignore_errors=True)

@@ -189,3 +189,19 @@ def test_push_sources_without_push_to_hub_is_one_line(tiny_models, tmp_path, cap
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("only with --push-to-hub (the sources are pushed so that "
                                                                      "the pushed merge names them)")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_card_plot_draws_each_line_where_its_values_are(tmp_path):
+    from PIL import Image
+
+    from hf_lwmm.plotting import PALETTE, Line, line_chart
+
+    line_chart(tmp_path / "chart.png", [Line("anchor", [0, 10], [0.5, 0.5], emphasised=True), Line("other", [0, 10], [0.0, 1.0])],
+               title="t", x_label="x", y_label="y", y_range=(0.0, 1.0), marker=(5, "start"), width=470, height=400)
+    image = Image.open(tmp_path / "chart.png").convert("RGB")
+    assert image.size == (470, 400)
+    # the plot area spans x 70…450 and y 348…36: value (x, y) lies at (70 + 38x, 348 − 312y)
+    def colour(hex_code: str) -> tuple[int, ...]:
+        return tuple(int(hex_code[i:i + 2], 16) for i in (1, 3, 5))
+    assert image.getpixel((70 + 38 * 8, 348 - 156)) == colour(PALETTE[0])  # the thick anchor line at 0.5
+    assert image.getpixel((70 + 38 * 9, 348 - 62)) == (255, 255, 255)  # nothing drawn where no line passes
