@@ -35,10 +35,11 @@ from hf_lwmm.refs import CONFIG_NAME, PREPROCESSOR_NAME, ResolvedModel
 from hf_lwmm.result import MergeResult
 from hf_lwmm.system import resolve_device
 
+__all__ = ["MergeResult", "check_output", "execute", "merge"]
+
 #: threads hashing the sources' files beside the merge (each hashes whole files; hashlib releases the GIL)
 HASH_THREADS = 2
 
-__all__ = ["MergeResult", "check_output", "execute", "merge"]
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
           hub_repo: str | None = None, name: str | None = None) -> MergeResult:
