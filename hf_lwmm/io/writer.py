@@ -22,8 +22,10 @@ from hf_lwmm.errors import FieldError
 from hf_lwmm.io.reader import DTYPE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, TensorInfo
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-#: bytes the hash thread reads back per step
+#: bytes the hash thread reads back per read
 _HASH_CHUNK = 1 << 20
+#: written bytes handed to the hash thread at once (fewer hand-offs than one per tensor)
+_HASH_STEP = 1 << 24
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
@@ -90,7 +92,7 @@ class ShardedSafetensorsWriter:
         self._expected = iter([info for _, shard in self._queue for info in shard])
         self._shard_left: list[TensorInfo] = []
         self._handle: BinaryIO | None = None
-        self._written = 0
+        self._written = self._handed = 0  # bytes written to the open shard, and handed to the hash thread
         self._hash = hashlib.sha256()
         self._weight_map: dict[str, str] = {}
         self.total_size = sum(info.nbytes for info in plan)
@@ -129,23 +131,31 @@ class ShardedSafetensorsWriter:
         self._file_name = file_name
         self._shard_left = list(shard)
         self._handle = open(self.folder / file_name, "w+b", buffering=0)  # unbuffered: what is written is in the file, to read back
-        self._written = 0
+        self._written = self._handed = 0
         self._hash = hashlib.sha256()
         self._emit(_header_bytes(shard, self.metadata))
         self._weight_map.update({info.name: file_name for info in shard})
 
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._handle is not None
-        start, view = self._written, memoryview(data).cast("B")
-        done = 0
+        view, done = memoryview(data).cast("B"), 0
         while done < len(view):  # a raw write may write less than asked
             done += self._handle.write(view[done:]) or 0
         self._written += done
-        if done:
-            self._hashing.append(self._hasher.submit(self._hash_range, self._hash, self._handle.fileno(), start, done))
+        if self._written - self._handed >= _HASH_STEP:
+            self._hand_to_hash()
+
+    def _hand_to_hash(self) -> None:
+        """Give the bytes written since the last hand-off to the hash thread."""
+        assert self._handle is not None
+        if self._written > self._handed:
+            self._hashing.append(self._hasher.submit(self._hash_range, self._hash, self._handle.fileno(), self._handed,
+                                                     self._written - self._handed))
+            self._handed = self._written
 
     def _close_shard(self) -> None:
         assert self._handle is not None
+        self._hand_to_hash()
         for step in self._hashing:  # every step done, and none failed
             step.result()
         self._hashing = []
