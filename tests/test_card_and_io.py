@@ -109,3 +109,18 @@ def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x07" + values.numpy().tobytes())
     source = open_weights(tmp_path, label="odd")
     assert torch.equal(source.get("values"), values) and source.get("flag").tolist() == [7]
+
+
+@pytest.mark.parametrize(("step", "chunk"), [(1, 3), (8, 5), (1 << 24, 1 << 20)])
+def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path, monkeypatch, step, chunk):
+    from hf_lwmm.io import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_HASH_STEP", step)  # bytes handed to the hash thread at once
+    monkeypatch.setattr(writer_module, "_HASH_CHUNK", chunk)  # bytes it reads back at once
+    tensors = {f"t{i}": torch.arange(i * 7, dtype=torch.float32) for i in range(6)}
+    plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    with ShardedSafetensorsWriter(tmp_path, plan, max_shard_size=60) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) > 1 and writer.sha256 == {file.name: sha256_of(file) for file in files}
