@@ -52,16 +52,11 @@ def start_layer_in(name: str, layers: list[str]) -> int:
     return layers.index(name) if name in layers else len(layers) - 1
 
 
-def default_start_layer(layers: list[str]) -> int:
-    """Where the anchor's weight starts rising when no start layer is given (:data:`DEFAULT_START_LAYER`)."""
-    return start_layer_in(DEFAULT_START_LAYER, layers)
-
-
 def resolve_start_layer(start: int | str | None, layers: list[str]) -> int:
     """The one place that reads a start layer: an index, a layer name (e.g. ``block.2.0``) or digits
     as text (what a command line gives), checked against the shared layers."""
     if start is None:
-        return default_start_layer(layers)
+        return start_layer_in(DEFAULT_START_LAYER, layers)
     if isinstance(start, str) and not start.strip().lstrip("-").isdigit():
         if start not in layers:
             raise RecipeError("start_layer", f"{start!r}: no shared layer of that name (e.g. {layers[0]!r} … {layers[-1]!r})")

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 
 from hf_lwmm.commands.eval import add_data_arguments, evaluation_options, load_data
+from hf_lwmm.methods.base import parameter_help
+from hf_lwmm.methods.layerwise import LayerwiseMerge
 
 DEFAULT_OUTPUT = Path("lwmm-compare")
 
@@ -19,9 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compare", help="compare layer-wise merging with its baselines on a dataset", description=__doc__)
     parser.add_argument("models", nargs="+", help="local folders or Hub repos org/name[@revision][:subfolder]")
     add_data_arguments(parser, flag="--dataset", required=True)
-    from hf_lwmm.methods.base import parameter_help
-    from hf_lwmm.methods.layerwise import LayerwiseMerge
-
     group = parser.add_argument_group("merges")
     group.add_argument("--anchor", help="anchor of the merges (default: the best single model)")
     group.add_argument("--alpha", type=float, help=f"layer-wise: {parameter_help(LayerwiseMerge, 'alpha')}")

@@ -74,14 +74,10 @@ def remembered_sha256(path: Path, *, cache: Path) -> str:
     return digest
 
 
-def weights_files(folder: Path) -> list[Path]:
-    """The weights files of a model folder, in a stable order."""
-    return [path for pattern in WEIGHTS_PATTERNS for path in sorted(Path(folder).glob(pattern))]
-
-
 def weights_sha256(folder: Path, *, cache: Path | None = None) -> dict[str, str]:
     """sha256 of each weights file of a model folder, by file name; with ``cache``, remembered ones are not rehashed."""
-    return {path.name: sha256_of(path) if cache is None else remembered_sha256(path, cache=cache) for path in weights_files(folder)}
+    files = [path for pattern in WEIGHTS_PATTERNS for path in sorted(Path(folder).glob(pattern))]
+    return {path.name: sha256_of(path) if cache is None else remembered_sha256(path, cache=cache) for path in files}
 
 
 def _identity(path: Path) -> dict[str, int]:
