@@ -132,7 +132,7 @@ class SafetensorsSource(TensorSource):
 
     def _read(self, entry: _Entry) -> torch.Tensor:
         data = torch.empty(entry.stop - entry.start, dtype=torch.uint8)
-        view, done = memoryview(data.numpy()), 0
+        view, done = data.numpy().data, 0
         while done < len(view):  # a read may return less than asked
             read = os.preadv(self._fileno(entry.file), [view[done:]], entry.start + done)
             if read <= 0:  # the file shrank since its header was read
