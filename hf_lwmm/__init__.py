@@ -14,12 +14,8 @@ plotting → refs, io → align → methods → recipe → plan → result → c
 hub, demo → commands, cli.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("hf_lwmm")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+local"
+#: the package's version (pyproject.toml reads it from here; no metadata lookup at import)
+__version__ = "0.1.0"
 
 from hf_lwmm.errors import LwmmError, RecipeError, RunOptionError
 from hf_lwmm.merge import execute, merge
