@@ -66,6 +66,18 @@ def run(*argv: str, **options) -> subprocess.CompletedProcess:
     return subprocess.run([LWMM_HUB, *argv], capture_output=True, text=True, timeout=300, **options)
 
 
+def test_only_the_program_freezes_its_imports_for_the_garbage_collector(tiny_models, tmp_path, monkeypatch):
+    """``gc.freeze`` keeps objects out of collection for good: the program may, a caller of ``main([...])`` must not."""
+    import gc
+
+    freezes: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(len(freezes)))
+    arguments = ["merge", *map(str, tiny_models), "--output", str(tmp_path / "called"), "-q"]
+    assert main(arguments) == 0 and freezes == []
+    monkeypatch.setattr(sys, "argv", ["lwmm-hub", *arguments[:-2], str(tmp_path / "program"), "-q"])
+    assert main() == 0 and freezes == [0]
+
+
 def test_quiet_demo_prints_only_the_result_table(tmp_path):
     done = run("demo", "-q", "--methods", "isotropic", "-o", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
