@@ -109,9 +109,9 @@ def _hashing_sources(models: Sequence[ResolvedModel]) -> Iterator[Callable[[], l
 def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progress: bool) -> dict[str, str]:
     """The streaming loop: each planned tensor is read, combined by its rule and written; returns file → sha256.
 
-    Each copy is a copy-on-write map of its bytes in the model's file (no read into a buffer; its pages are
-    released when the copy is freed, so memory does not grow with the number of models), and the next
-    tensor's copies are prefetched while this one is combined.
+    Each copy is a copy-on-write map of its bytes in the model's file, or, if small, read into memory of its own
+    (:meth:`~hf_lwmm.io.reader.SafetensorsSource.get`); either is freed with the copy, so memory does not grow with
+    the number of models, and the next tensor's copies are prefetched while this one is combined.
     """
     # one weight tensor per layer, prepared once (not once per tensor)
     weights = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in plan.layer_weights}
