@@ -17,11 +17,13 @@ from hf_lwmm.hub import sha256_of
 from hf_lwmm.io.output import staged_folder
 
 #: runs the real CLI, but the merge stops after writing its first tensor (says so on stdout) until signalled;
-#: SIGHUP gets its default action first, as in a terminal: a suite run under nohup hands it down ignored, and a
-#: merge keeps ignored signals ignored (a nohup'd merge survives the hangup)
+#: SIGHUP and SIGINT get their actions of a terminal first: a suite run under nohup hands SIGHUP down ignored, one run
+#: in the background of a script SIGINT (Python then raises no KeyboardInterrupt), and a merge keeps ignored signals
+#: ignored (a nohup'd merge survives the hangup)
 BLOCKED_MERGE = textwrap.dedent("""
     import signal, sys, time
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from hf_lwmm.io import writer
     write = writer.ShardedSafetensorsWriter.write
     def blocked(self, name, tensor):
