@@ -457,6 +457,10 @@ def slope(points: list[Measurement]) -> float | None:
             / sum((p.models - mean_count) ** 2 for p in points))
 
 
+def seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
 def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goal]:
     """The issue's targets for one lwmm variant in one thread row."""
     def wall(count: int, name: str) -> float | None:
@@ -469,6 +473,7 @@ def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goa
 
     counts = sorted({r.models for r in results})
     row = [r for r in results if r.threads == threads]
+    own_slope, floor_slope = (slope([r for r in row if r.variant == name]) for name in (variant, FLOOR))
     prefix = f"[{threads} threads] {variant}:"
     return [
         Goal(f"{prefix} wall / naive at {GOAL_MODEL_COUNT} models", ratio(wall(GOAL_MODEL_COUNT, variant), wall(GOAL_MODEL_COUNT, NAIVE)),
@@ -479,8 +484,8 @@ def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goa
              GOAL_MOST_WALL_RATIO),
         Goal(f"{prefix} wall / I/O floor at {GOAL_MODEL_COUNT} models (no goal)",
              ratio(wall(GOAL_MODEL_COUNT, variant), wall(GOAL_MODEL_COUNT, FLOOR)), float("inf")),
-        Goal(f"{prefix} s per added model / floor's", ratio(slope([r for r in row if r.variant == variant]),
-                                                            slope([r for r in row if r.variant == FLOOR])), GOAL_SLOPE_RATIO),
+        Goal(f"{prefix} s per added model / floor's ({seconds(own_slope)} / {seconds(floor_slope)})", ratio(own_slope, floor_slope),
+             GOAL_SLOPE_RATIO),
         Goal(f"{prefix} peak RSS / naive at {GOAL_MODEL_COUNT} models", ratio(rss(GOAL_MODEL_COUNT, variant), rss(GOAL_MODEL_COUNT, NAIVE)),
              GOAL_RSS_RATIO),
         Goal(f"{prefix} peak RSS at {counts[-1]} / at {counts[0]} models",
@@ -583,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nSegFormer-{size.name}, {model_mb:.0f} MB per model, threads: torch's default and 1, median of {args.repeat} round(s); "
           f"measurement floor (this parent's peak RSS) {floor:.0f} MiB\n")
     print(results_table(results))
+    for threads in THREAD_ROWS:
+        slopes = (f"{variant} {seconds(slope([r for r in results if (r.threads, r.variant) == (threads, variant)]))}" for variant in VARIANTS)
+        print(f"\n[{threads} threads] s per added model (slope of wall time against the model count): {', '.join(slopes)}", end="")
+    print()
     print(f"\ncard, recipe and plot (after the weights, same process), {card_count} models: {card_wall:.2f} s "
           f"of a {merge_wall:.2f} s in-process merge ({card_wall / merge_wall:.0%})")
     print(f"startup: lwmm-hub --help {help_wall:.2f} s, python -c 'import torch' {torch_wall:.2f} s")
