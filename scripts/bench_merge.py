@@ -589,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"measurement floor (this parent's peak RSS) {floor:.0f} MiB\n")
     print(results_table(results))
     for threads in THREAD_ROWS:
-        slopes = (f"{variant} {seconds(slope([r for r in results if (r.threads, r.variant) == (threads, variant)]))}" for variant in VARIANTS)
+        slopes = (f"{variant} {seconds(slope([r for r in results if r.threads == threads and r.variant == variant]))}"
+                  for variant in VARIANTS)
         print(f"\n[{threads} threads] s per added model (slope of wall time against the model count): {', '.join(slopes)}", end="")
     print()
     print(f"\ncard, recipe and plot (after the weights, same process), {card_count} models: {card_wall:.2f} s "
