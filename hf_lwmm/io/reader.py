@@ -116,8 +116,8 @@ class SafetensorsSource(TensorSource):
         size = entry.stop - entry.start
         if size == 0:
             return torch.empty(entry.info.shape, dtype=entry.info.dtype)
-        data = self._map(entry) if size >= MAP_FROM_BYTES else self._read(entry)
-        return data.view(entry.info.dtype).reshape(entry.info.shape)
+        data = (self._map(entry) if size >= MAP_FROM_BYTES else self._read(entry)).view(entry.info.dtype)
+        return data if len(entry.info.shape) == 1 else data.reshape(entry.info.shape)  # most tensors: 1-D, shaped already
 
     def _map(self, entry: _Entry) -> torch.Tensor:
         first_page = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
@@ -132,12 +132,15 @@ class SafetensorsSource(TensorSource):
 
     def _read(self, entry: _Entry) -> torch.Tensor:
         data = torch.empty(entry.stop - entry.start, dtype=torch.uint8)
-        view, done = data.numpy().data, 0
-        while done < len(view):  # a read may return less than asked
-            read = os.preadv(self._fileno(entry.file), [view[done:]], entry.start + done)
-            if read <= 0:  # the file shrank since its header was read
-                raise self._truncated(entry)
+        view, fileno = data.numpy().data, self._fileno(entry.file)
+        done = os.preadv(fileno, [view], entry.start)
+        while 0 < done < len(view):  # a read may return less than asked
+            read = os.preadv(fileno, [view[done:]], entry.start + done)
+            if read == 0:
+                break
             done += read
+        if done != len(view):  # the file shrank since its header was read
+            raise self._truncated(entry)
         return data
 
     def _truncated(self, entry: _Entry) -> CorruptWeightsError:
