@@ -132,14 +132,8 @@ class SafetensorsSource(TensorSource):
 
     def _read(self, entry: _Entry) -> torch.Tensor:
         data = torch.empty(entry.stop - entry.start, dtype=torch.uint8)
-        view, fileno = data.numpy().data, self._fileno(entry.file)
-        done = os.preadv(fileno, [view], entry.start)
-        while 0 < done < len(view):  # a read may return less than asked
-            read = os.preadv(fileno, [view[done:]], entry.start + done)
-            if read == 0:
-                break
-            done += read
-        if done != len(view):  # the file shrank since its header was read
+        view = data.numpy().data
+        if read_at(self._fileno(entry.file), view, entry.start) != len(view):  # the file shrank since its header was read
             raise self._truncated(entry)
         return data
 
@@ -157,6 +151,17 @@ class SafetensorsSource(TensorSource):
             if handle is None:
                 handle = self._handles[file] = open(file, "rb", buffering=0)
         return handle.fileno()
+
+
+def read_at(fileno: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` with the file's bytes from ``offset``; the count read, less than asked only at the end of the file."""
+    done = os.preadv(fileno, [view], offset)
+    while 0 < done < len(view):  # a read may return less than asked
+        read = os.preadv(fileno, [view[done:]], offset + done)
+        if read == 0:
+            break
+        done += read
+    return done
 
 
 class StateDictSource(TensorSource):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import BinaryIO
 import torch
 
 from hf_lwmm.errors import FieldError
-from hf_lwmm.io.reader import DTYPE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, TensorInfo
+from hf_lwmm.io.reader import DTYPE_NAMES, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, TensorInfo, read_at
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 #: bytes the hash thread reads back per read
@@ -174,8 +173,8 @@ class ShardedSafetensorsWriter:
     def _hash_range(self, digest: hashlib._Hash, fileno: int, start: int, size: int) -> None:
         """Feed ``size`` bytes of the open file from ``start`` into ``digest`` (on the hash thread, in order)."""
         while size:
-            read = os.preadv(fileno, [self._hash_buffer[:min(size, _HASH_CHUNK)]], start)
-            if read <= 0:
+            chunk = self._hash_buffer[:min(size, _HASH_CHUNK)]
+            if read_at(fileno, chunk, start) != len(chunk):
                 raise OSError(f"{self._file_name}: could not read back the {size} bytes written at offset {start}")
-            digest.update(self._hash_buffer[:read])
-            start, size = start + read, size - read
+            digest.update(chunk)
+            start, size = start + len(chunk), size - len(chunk)
