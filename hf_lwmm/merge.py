@@ -1,7 +1,8 @@
 """Execute a merge plan: stream tensor by tensor → write → configs → card, recipe and plot.
 
 :func:`execute` is one streaming loop over :attr:`MergePlan.tensors <hf_lwmm.plan.MergePlan.tensors>`:
-read each model's copy, combine by the tensor's rule, write. Everything goes into a staging folder
+read each model's copy, combine by the tensor's rule, write (small neighbours averaged alike are read
+and combined as one flat run). Everything goes into a staging folder
 beside the output (:func:`hf_lwmm.io.output.staged_folder`), renamed into place only when complete, so a
 failed or killed merge leaves nothing half-written. :func:`merge` is check the output + plan + execute.
 
@@ -39,6 +40,12 @@ __all__ = ["MergeResult", "check_output", "execute", "merge"]
 
 #: threads hashing the sources' files beside the merge (each hashes whole files; hashlib releases the GIL)
 HASH_THREADS = 2
+#: tensors under this many bytes are averaged in runs with their neighbours (:func:`_steps`): a B5's 1,172 tensors
+#: are 83 steps. One by one, its 1,021 tensors under 1 MiB (76 of its 338 MB) cost as much time as the other 263 MB
+#: (8×B5 loop, in-process: 1.41 s one by one, 1.05 s with runs of tensors under 1 MiB, 0.96–0.99 s under 4 or 16 MiB)
+RUN_BELOW_BYTES = 1 << 22
+#: the most bytes one run holds (its float32 sum and one copy are in memory at once)
+RUN_BYTES = 1 << 24
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
@@ -111,29 +118,90 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
 
     Each copy is a copy-on-write map of its bytes in the model's file, or, if small, read into memory of its own
     (:meth:`~hf_lwmm.io.reader.SafetensorsSource.get`); either is freed with the copy, so memory does not grow with
-    the number of models, and the next tensor's copies are prefetched while this one is combined.
+    the number of models, and the next step's copies are prefetched while this one is combined. Small neighbours
+    averaged alike are one step (:func:`_steps`).
     """
     # one weight tensor per layer, prepared once (not once per tensor)
     weights = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in plan.layer_weights}
-    reads = [_reads_of(tensor, plan) for tensor in plan.tensors]
+    steps = _steps(plan)
+    reads = [_reads_of(step, plan) for step in steps]
     bar = progress_bar(total=len(plan.tensors), desc="merging", unit="tensor", enabled=progress)
     with bar, _single_threaded_kernels(), ShardedSafetensorsWriter(folder, [tensor.output for tensor in plan.tensors],
                                                                    max_shard_size=plan.recipe.max_shard_bytes,
                                                                    metadata={"merged_by": "hf_lwmm"}) as writer:
-        for index, tensor in enumerate(plan.tensors):
-            bar.update()
-            for source, name in reads[index + 1] if index + 1 < len(reads) else []:
-                source.prefetch(name)
-            copies = (source.get(name) if device.type == "cpu" else source.get(name).to(device) for source, name in reads[index])
-            if tensor.rule is Rule.ANCHOR:
-                merged = next(copies)
-            else:
-                merged = _combine(tensor, plan, copies, weights[tensor.layer])
-                if not torch.isfinite(merged.sum()) and not torch.isfinite(merged).all():  # a finite sum proves it cheaply
-                    raise CorruptWeightsError(f"merged tensor {tensor.output.name!r} has NaN or inf values: "
-                                              f"check the inputs ({', '.join(plan.labels)})")
-            writer.write(tensor.output.name, merged.to(tensor.output.dtype))
+        for index, step in enumerate(steps):
+            bar.update(len(step))
+            for source, names in reads[index + 1] if index + 1 < len(reads) else []:
+                source.prefetch(names[0])
+            for tensor, merged in zip(step, _merged(step, plan, reads[index], weights, device)):
+                writer.write(tensor.output.name, merged.to(tensor.output.dtype))
     return dict(writer.sha256)
+
+
+def _steps(plan: MergePlan) -> list[list[TensorPlan]]:
+    """The loop's steps, in the plan's order: one tensor, or a run of small neighbours averaged as one flat tensor.
+
+    A run's tensors are all weighted averages (:attr:`Rule.AVERAGE`, or the method's own when it
+    :attr:`~hf_lwmm.methods.base.MergeMethod.averages`) of one layer, each under :data:`RUN_BELOW_BYTES`, with
+    one output dtype and, per model, one input dtype; a run holds at most :data:`RUN_BYTES`. Averaging them as one
+    computes the same sums element by element with one read and one kernel per model instead of one per tensor.
+    """
+    steps: list[list[TensorPlan]] = []
+    run: tuple[object, ...] | None = None
+    run_bytes = 0
+    for tensor in plan.tensors:
+        key = _run_key(tensor, plan)
+        if key is not None and key == run and run_bytes + tensor.output.nbytes <= RUN_BYTES:
+            steps[-1].append(tensor)
+            run_bytes += tensor.output.nbytes
+        else:
+            steps.append([tensor])
+            run, run_bytes = key, tensor.output.nbytes
+    return steps
+
+
+def _run_key(tensor: TensorPlan, plan: MergePlan) -> tuple[object, ...] | None:
+    """What neighbours must share to be averaged as one (``None``: the tensor is merged on its own)."""
+    averaged = tensor.rule is Rule.AVERAGE or (tensor.rule is Rule.METHOD and plan.method.averages)
+    if not averaged or tensor.output.nbytes >= RUN_BELOW_BYTES:
+        return None
+    return tensor.layer, tensor.output.dtype, *(source.infos[tensor.names[i]].dtype for i, source in enumerate(plan.sources))
+
+
+def _reads_of(step: list[TensorPlan], plan: MergePlan) -> list[tuple[TensorSource, list[str]]]:
+    """What :func:`_merged` draws for one step, in the order it draws it: per copy, the source and the tensors' names."""
+    sources, tensor = plan.sources, step[0]
+    if tensor.rule is Rule.ANCHOR:
+        return [(sources[plan.anchor], [tensor.names[plan.anchor]])]
+    if tensor.rule is Rule.GAUSSIAN_VARIANCE:
+        assert tensor.mean_names is not None
+        return [(source, [names[i]]) for names in (tensor.mean_names, tensor.names) for i, source in enumerate(sources)]
+    return [(source, [each.names[i] for each in step]) for i, source in enumerate(sources)]
+
+
+def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSource, list[str]]],
+            weights: dict[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Each tensor of the step merged by its rule (float32 if combined; ``weights``: by layer), refused if not finite."""
+    if len(step) > 1:  # a run: the flat average of the run's copies, cut back into each tensor
+        flat = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[step[0].layer])
+        merged = [part.view(tensor.output.shape) for part, tensor in zip(flat.split([each.output.numel for each in step]), step)]
+        _check_finite(step, flat, merged, plan)
+        return merged
+    tensor = step[0]
+    copies = (source.get(names[0]).to(device) for source, names in reads)
+    if tensor.rule is Rule.ANCHOR:
+        return [next(copies)]
+    combined = _combine(tensor, plan, copies, weights[tensor.layer])
+    _check_finite(step, combined, [combined], plan)
+    return [combined]
+
+
+def _check_finite(step: list[TensorPlan], flat: torch.Tensor, merged: list[torch.Tensor], plan: MergePlan) -> None:
+    """Refuse NaN or inf in a step's merged values (``flat``: all of them), naming the first tensor that has some."""
+    if torch.isfinite(flat.sum()) or torch.isfinite(flat).all():  # a finite sum proves them all finite cheaply
+        return
+    tensor = next(tensor for tensor, values in zip(step, merged) if not torch.isfinite(values).all())
+    raise CorruptWeightsError(f"merged tensor {tensor.output.name!r} has NaN or inf values: check the inputs ({', '.join(plan.labels)})")
 
 
 @contextlib.contextmanager
@@ -150,17 +218,6 @@ def _single_threaded_kernels() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _reads_of(tensor: TensorPlan, plan: MergePlan) -> list[tuple[TensorSource, str]]:
-    """The copies :func:`_combine` draws for one tensor, in the order it draws them."""
-    sources = plan.sources
-    if tensor.rule is Rule.ANCHOR:
-        return [(sources[plan.anchor], tensor.names[plan.anchor])]
-    if tensor.rule is Rule.GAUSSIAN_VARIANCE:
-        assert tensor.mean_names is not None
-        return [(source, names[i]) for names in (tensor.mean_names, tensor.names) for i, source in enumerate(sources)]
-    return [(source, tensor.names[i]) for i, source in enumerate(sources)]
 
 
 def _combine(tensor: TensorPlan, plan: MergePlan, copies: Iterator[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,12 @@ def usable_cores() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device named ``name``, checked to exist on this machine; ``auto`` lets accelerate pick the
-    accelerator (CUDA, MPS, XPU…) or the CPU."""
+    """The torch device named ``name``, checked to exist on this machine; ``auto``: the accelerator torch finds
+    (CUDA, MPS, XPU…, see ``torch.accelerator``), else the CPU."""
     import torch
 
     if name == "auto":
-        from accelerate import PartialState
-
-        return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())).device
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):

@@ -108,6 +108,34 @@ def test_writer_streams_exact_bytes(tmp_path, tensor_access):
         source.get("c")
 
 
+def test_neighbours_read_flat_are_their_elements_back_to_back(tmp_path, tensor_access, monkeypatch):
+    """``get_flat``: one map or read for tensors back to back in a shard; otherwise each tensor, concatenated."""
+    from hf_lwmm.io import reader
+
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([7.5]), "c": torch.ones(2, 2),
+               "half": torch.tensor([1.5, 2.5], dtype=torch.float16), "d": torch.tensor([-1.0, -2.0])}
+    with ShardedSafetensorsWriter(tmp_path, [TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+    source = open_weights(tmp_path, label="x")
+    spans = []
+    monkeypatch.setattr(source, "_bytes", lambda entries: spans.append([e.info.name for e in entries]) or type(source)._bytes(source, entries))
+    flat = source.get_flat(["a", "b", "c"])
+    assert torch.equal(flat, torch.tensor([0.0, 1, 2, 3, 4, 5, 7.5, 1, 1, 1, 1])) and spans == [["a", "b", "c"]]
+    flat += 1  # the caller's own
+    assert torch.equal(source.get_flat(["a", "b"]), torch.tensor([0.0, 1, 2, 3, 4, 5, 7.5]))
+    spans.clear()
+    assert torch.equal(source.get_flat(["a", "c"]), torch.tensor([0.0, 1, 2, 3, 4, 5, 1, 1, 1, 1])) and spans == [["a"], ["c"]]
+    mixed = source.get_flat(["half", "d"])  # two dtypes: each read, then promoted
+    assert mixed.dtype == torch.float32 and mixed.tolist() == [1.5, 2.5, -1.0, -2.0]
+    in_memory = reader.StateDictSource("y", tensors)
+    assert torch.equal(in_memory.get_flat(["b", "d"]), torch.tensor([7.5, -1.0, -2.0]))
+    with open(tmp_path / "model.safetensors", "r+b") as handle:  # the file shrinks into 'c': the error names it
+        handle.truncate(handle.seek(0, 2) - 14)
+    with pytest.raises(CorruptWeightsError, match="model x: model.safetensors is truncated at tensor 'c'"):
+        source.get_flat(["a", "b", "c"])
+
+
 def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path, tensor_access):
     """safetensors' own writer aligns every tensor; a file that does not (a one-byte tensor first) still reads."""
     values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.float32)

@@ -13,3 +13,24 @@ def test_building_the_parser_imports_no_heavy_library():
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+def test_a_merge_imports_no_heavy_library(tiny_models, tmp_path):
+    """A merge needs torch, safetensors' layout and the card's few libraries: not accelerate (``--device auto`` asks
+    ``torch.accelerator``), transformers or the evaluation stack."""
+    models = " ".join(str(model) for model in tiny_models[:2])
+    code = (f"import sys; from hf_lwmm.cli import main; main({['merge', *models.split(), '-o', str(tmp_path / 'out'), '-q']!r}); "
+            f"print('heavy:', ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.splitlines()[-1] == "heavy: "
+
+
+def test_device_auto_is_the_accelerator_torch_finds_else_the_cpu(monkeypatch):
+    import torch
+
+    from hf_lwmm.system import resolve_device
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("mps"))
+    assert resolve_device("auto") == torch.device("mps")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from hf_lwmm.recipe import RunOptions
 from hf_lwmm import MergeRecipe, merge
 from hf_lwmm.layers import order_layers
 from hf_lwmm.methods.functional import fisher_weighted_average, gaussian_bn_stats, weighted_average
+from hf_lwmm.plan import Rule, plan_merge
 from hf_lwmm.schedules import layerwise_weights, linear_schedule
 
 from helpers import make_tiny_segformer
@@ -115,3 +119,48 @@ def test_pure_functions():
     assert [round(row.weights[2], 6) for row in plan] == [0.4, 0.4, 0.4, 0.7]
     assert plan[3].weights[:2] == pytest.approx((0.15, 0.15))
     assert linear_schedule(0, 4, 1.0, 0) == 1.0
+
+
+@pytest.mark.parametrize("recipe", [{"method": "isotropic"}, {"method": "layerwise", "bn_stats": "gaussian"},
+                                    {"method": "linear", "parameters": {"weights": [0.2, 0.3, 0.5]}, "dtype": "bfloat16"}],
+                         ids=["isotropic", "layerwise", "linear-bf16"])
+def test_small_neighbours_averaged_as_one_are_the_bytes_of_each_averaged_alone(tiny_models, tmp_path, monkeypatch, recipe):
+    """The executor averages runs of small tensors of one layer as one flat tensor: the same sums, element by element."""
+    merge_module = importlib.import_module("hf_lwmm.merge")
+    weights = _weights(tiny_models[1])
+    weights = {key: value.to(torch.bfloat16) if "block.1." in key else value for key, value in weights.items()}  # runs end at a dtype
+    save_file(weights, tiny_models[1] / "model.safetensors", metadata={"format": "pt"})
+    merge_recipe = MergeRecipe(models=[str(m) for m in tiny_models], **recipe)
+    plan = plan_merge(merge_recipe, QUIET)
+    runs = [step for step in merge_module._steps(plan) if len(step) > 1]
+    assert len(runs) > 10 and sum(map(len, runs)) > len(plan.tensors) // 2
+    assert all(len({(t.layer, weights[t.names[1]].dtype) for t in run}) == 1 for run in runs)
+    together = merge(merge_recipe, tmp_path / "runs", QUIET).sha256
+    monkeypatch.setattr(merge_module, "RUN_BYTES", 1024)  # runs cut short
+    assert merge(merge_recipe, tmp_path / "short-runs", QUIET).sha256 == together
+    monkeypatch.setattr(merge_module, "RUN_BELOW_BYTES", 0)  # every tensor on its own
+    assert all(len(step) == 1 for step in merge_module._steps(plan))
+    assert merge(merge_recipe, tmp_path / "alone", QUIET).sha256 == together
+
+
+def test_a_method_with_its_own_merge_sees_every_tensor_whole(tiny_models, tmp_path):
+    """Runs are only for the default weighted average: a method's own ``merge_tensor`` gets each tensor, shaped."""
+    from hf_lwmm.merge import execute
+    from hf_lwmm.methods.isotropic import IsotropicMerge
+
+    seen: dict[str, tuple[int, ...]] = {}
+
+    class Maximum(IsotropicMerge):
+        def merge_tensor(self, key, tensors, weights):
+            merged = torch.stack([tensor.float() for tensor in tensors]).amax(dim=0)
+            seen[key] = tuple(merged.shape)
+            return merged
+
+    plan = plan_merge(MergeRecipe(models=[str(m) for m in tiny_models], method="isotropic"), QUIET)
+    assert plan.method.averages and not Maximum(plan.method.parameters, num_models=3, anchor=0).averages
+    plan = dataclasses.replace(plan, method=Maximum(plan.method.parameters, num_models=3, anchor=0))
+    execute(plan, tmp_path / "max", QUIET)
+    method_tensors = [tensor for tensor in plan.tensors if tensor.rule is Rule.METHOD]
+    assert seen == {tensor.key: tensor.output.shape for tensor in method_tensors}
+    merged, inputs = _weights(tmp_path / "max"), [_weights(m) for m in tiny_models]
+    assert torch.equal(merged[MID], torch.maximum(torch.maximum(inputs[0][MID], inputs[1][MID]), inputs[2][MID]))

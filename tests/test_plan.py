@@ -123,32 +123,29 @@ def test_a_method_may_stop_drawing_copies(tiny_models, tmp_path, monkeypatch):
     assert torch.equal(load_file(tmp_path / "first" / "model.safetensors")[MID], first.half())
 
 
-def test_each_tensor_is_prefetched_while_the_one_before_is_merged(tiny_models, tmp_path, monkeypatch):
+def test_each_step_is_prefetched_while_the_one_before_is_merged(tiny_models, tmp_path, monkeypatch):
+    """The loop's steps (one tensor, or a run of small neighbours read flat) in order: P(1) G(0) P(2) G(1) … G(n-1)."""
+    from hf_lwmm.merge import _reads_of, _steps
+
     plan = plan_merge(MergeRecipe(models=tiny_models, method="layerwise"), QUIET)
     assert {tensor.rule for tensor in plan.tensors} == set(Rule)  # every rule's reads are covered
-    calls: list[tuple[str, int, str]] = []
-    get, prefetch = SafetensorsSource.get, SafetensorsSource.prefetch
-    monkeypatch.setattr(SafetensorsSource, "get", lambda self, name: calls.append(("get", id(self), name)) or get(self, name))
-    monkeypatch.setattr(SafetensorsSource, "prefetch",
-                        lambda self, name: calls.append(("prefetch", id(self), name)) or prefetch(self, name))
+    steps = _steps(plan)
+    assert {len(step) > 1 for step in steps} == {True, False}
+    calls: list[tuple[str, int, object]] = []
+    for method in ("get", "get_flat", "prefetch"):
+        original = getattr(SafetensorsSource, method)
+        monkeypatch.setattr(SafetensorsSource, method, lambda self, arg, method=method, original=original:
+                            calls.append((method, id(self), arg)) or original(self, arg))
     folder = tmp_path / "out"
     folder.mkdir()
     hashes = write_weights(plan, folder, device=torch.device("cpu"), progress=False)
     assert hashes == {"model.safetensors": sha256_of(folder / "model.safetensors")}
-    reads = [_reads(plan, index) for index in range(len(plan.tensors))]
-    # each step prefetches the next tensor's reads, then draws its own: P(1) G(0) P(2) G(1) … G(n-1)
-    expected = [("get", *read) for read in reads[0]] if len(reads) == 1 else []
-    for index in range(len(reads)):
-        expected += [("prefetch", *read) for read in (reads[index + 1] if index + 1 < len(reads) else [])]
-        expected += [("get", *read) for read in reads[index]]
-    assert calls == expected and len(calls) == sum(2 * len(r) for r in reads) - len(reads[0])
-
-
-def _reads(plan, index: int) -> list[tuple[int, str]]:
-    """The (source, name) reads of one planned tensor, as write_weights draws them."""
-    from hf_lwmm.merge import _reads_of
-
-    return [(id(source), name) for source, name in _reads_of(plan.tensors[index], plan)]
+    reads = [[(id(source), names) for source, names in _reads_of(step, plan)] for step in steps]
+    expected: list[tuple[str, int, object]] = []
+    for index, step in enumerate(steps):
+        expected += [("prefetch", source, names[0]) for source, names in (reads[index + 1] if index + 1 < len(reads) else [])]
+        expected += [("get_flat", source, names) if len(step) > 1 else ("get", source, names[0]) for source, names in reads[index]]
+    assert calls == expected
 
 
 def test_fisher_merge_replays_from_its_recipe(tmp_path):

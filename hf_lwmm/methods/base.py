@@ -95,6 +95,12 @@ class MergeMethod(ABC):
         """
         return weighted_average(tensors, weights)
 
+    @property
+    def averages(self) -> bool:
+        """Whether :meth:`merge_tensor` is the default weighted average: the executor may then average several small
+        tensors of a layer as one (the same sums, element by element, with one kernel per model for all of them)."""
+        return type(self).merge_tensor is MergeMethod.merge_tensor
+
     def describe(self, layers: list[str]) -> dict[str, object]:
         """The parameters as applied to these layers (defaults resolved; after :meth:`prepare`, what it used), for the card."""
         return self.parameters.model_dump()
