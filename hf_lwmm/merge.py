@@ -40,12 +40,12 @@ __all__ = ["MergeResult", "check_output", "execute", "merge"]
 
 #: threads hashing the sources' files beside the merge (each hashes whole files; hashlib releases the GIL)
 HASH_THREADS = 2
-#: tensors under this many bytes are averaged in runs with their neighbours (:func:`_steps`): a B5's 1,172 tensors
-#: are 83 steps. One by one, its 1,021 tensors under 1 MiB (76 of its 338 MB) cost as much time as the other 263 MB
-#: (8×B5 loop, in-process: 1.41 s one by one, 1.05 s with runs of tensors under 1 MiB, 0.96–0.99 s under 4 or 16 MiB)
-RUN_BELOW_BYTES = 1 << 22
-#: the most bytes one run holds (its float32 sum and one copy are in memory at once)
-RUN_BYTES = 1 << 24
+#: small neighbours are averaged in runs of up to this many bytes (:func:`_steps`): a B5's 1,172 tensors are 126
+#: steps. One by one, its 1,021 tensors under 1 MiB (76 of its 338 MB) cost as much time as the other 263 MB (8×B5
+#: loop, in-process, median of 5: 1.56 s one by one, 1.14 s in runs of 4 MiB, 1.09 s of 16 MiB); runs of 8 or
+#: 16 MiB made the peak RSS vary by up to 15 % from merge to merge, 4 MiB kept it flat (a run's float32 sum and
+#: one copy are in memory at once)
+RUN_BYTES = 1 << 22
 
 
 def merge(recipe: MergeRecipe, output_dir: str | Path, options: RunOptions | None = None, *,
@@ -142,9 +142,9 @@ def _steps(plan: MergePlan) -> list[list[TensorPlan]]:
     """The loop's steps, in the plan's order: one tensor, or a run of small neighbours averaged as one flat tensor.
 
     A run's tensors are all weighted averages (:attr:`Rule.AVERAGE`, or the method's own when it
-    :attr:`~hf_lwmm.methods.base.MergeMethod.averages`) of one layer, each under :data:`RUN_BELOW_BYTES`, with
-    one output dtype and, per model, one input dtype; a run holds at most :data:`RUN_BYTES`. Averaging them as one
-    computes the same sums element by element with one read and one kernel per model instead of one per tensor.
+    :attr:`~hf_lwmm.methods.base.MergeMethod.averages`) of one layer, with one output dtype and, per model, one
+    input dtype, and a run holds at most :data:`RUN_BYTES`. Averaging them as one computes the same sums element by
+    element with one read and one kernel per model instead of one per tensor.
     """
     steps: list[list[TensorPlan]] = []
     run: tuple[object, ...] | None = None
@@ -163,7 +163,7 @@ def _steps(plan: MergePlan) -> list[list[TensorPlan]]:
 def _run_key(tensor: TensorPlan, plan: MergePlan) -> tuple[object, ...] | None:
     """What neighbours must share to be averaged as one (``None``: the tensor is merged on its own)."""
     averaged = tensor.rule is Rule.AVERAGE or (tensor.rule is Rule.METHOD and plan.method.averages)
-    if not averaged or tensor.output.nbytes >= RUN_BELOW_BYTES:
+    if not averaged or tensor.output.nbytes >= RUN_BYTES:
         return None
     return tensor.layer, tensor.output.dtype, *(source.infos[tensor.names[i]].dtype for i, source in enumerate(plan.sources))
 

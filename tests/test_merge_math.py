@@ -138,7 +138,7 @@ def test_small_neighbours_averaged_as_one_are_the_bytes_of_each_averaged_alone(t
     together = merge(merge_recipe, tmp_path / "runs", QUIET).sha256
     monkeypatch.setattr(merge_module, "RUN_BYTES", 1024)  # runs cut short
     assert merge(merge_recipe, tmp_path / "short-runs", QUIET).sha256 == together
-    monkeypatch.setattr(merge_module, "RUN_BELOW_BYTES", 0)  # every tensor on its own
+    monkeypatch.setattr(merge_module, "RUN_BYTES", 0)  # every tensor on its own
     assert all(len(step) == 1 for step in merge_module._steps(plan))
     assert merge(merge_recipe, tmp_path / "alone", QUIET).sha256 == together
 

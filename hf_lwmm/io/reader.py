@@ -56,8 +56,9 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 #: per 64 KiB, a read one call and a copy (8×B5 merge, 1,172 tensors per model, 842 of them under 64 KiB: reading
 #: those under 1 MiB makes the loop 0.17 s faster than mapping all; reading all, 0.05 s slower)
 MAP_FROM_BYTES = 1 << 20
-#: bytes of a shard :meth:`SafetensorsSource.prefetch` asks the kernel for at once: one system call per window,
-#: not one per tensor (8×B5 from the page cache, 9,376 calls: the loop spent 0.18 s of its 1.7 s in them)
+#: bytes of a shard :meth:`SafetensorsSource.prefetch` asks the kernel for at once, from the tensor asked for: a
+#: merge's next run of neighbours, and one system call per window, not per tensor (a call per tensor of an 8×B5
+#: merge from the page cache, 9,376 calls, had cost 0.05–0.18 s of a 1.4–1.7 s loop)
 PREFETCH_BYTES = 1 << 24
 
 
