@@ -18,8 +18,8 @@ def test_building_the_parser_imports_no_heavy_library():
 def test_a_merge_imports_no_heavy_library(tiny_models, tmp_path):
     """A merge needs torch, safetensors' layout and the card's few libraries: not accelerate (``--device auto`` asks
     ``torch.accelerator``), transformers or the evaluation stack."""
-    models = " ".join(str(model) for model in tiny_models[:2])
-    code = (f"import sys; from hf_lwmm.cli import main; main({['merge', *models.split(), '-o', str(tmp_path / 'out'), '-q']!r}); "
+    argv = ["merge", *map(str, tiny_models[:2]), "-o", str(tmp_path / "out"), "-q"]
+    code = (f"import sys; from hf_lwmm.cli import main; main({argv!r}); "
             f"print('heavy:', ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.splitlines()[-1] == "heavy: "
