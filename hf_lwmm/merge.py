@@ -181,12 +181,13 @@ def _reads_of(step: list[TensorPlan], plan: MergePlan) -> list[tuple[TensorSourc
 
 def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSource, list[str]]],
             weights: dict[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Each tensor of the step merged by its rule (float32 if combined; ``weights``: by layer), refused if not finite."""
-    if len(step) > 1:  # a run: the flat average of the run's copies, cut back into each tensor
+    """Each tensor of the step merged by its rule (``weights``: by layer), refused if not finite; a run's already in
+    the output dtype (one conversion for the run), a combined tensor's in float32."""
+    if len(step) > 1:  # a run: the flat average of the run's copies, in the output dtype, cut back into each tensor
         flat = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[step[0].layer])
-        merged = [part.view(tensor.output.shape) for part, tensor in zip(flat.split([each.output.numel for each in step]), step)]
-        _check_finite(step, flat, merged, plan)
-        return merged
+        sizes = [each.output.numel for each in step]
+        _check_finite(step, flat, flat.split(sizes), plan)
+        return [part.view(tensor.output.shape) for part, tensor in zip(flat.to(step[0].output.dtype).split(sizes), step)]
     tensor = step[0]
     copies = (source.get(names[0]).to(device) for source, names in reads)
     if tensor.rule is Rule.ANCHOR:
@@ -196,7 +197,7 @@ def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSou
     return [combined]
 
 
-def _check_finite(step: list[TensorPlan], flat: torch.Tensor, merged: list[torch.Tensor], plan: MergePlan) -> None:
+def _check_finite(step: list[TensorPlan], flat: torch.Tensor, merged: Sequence[torch.Tensor], plan: MergePlan) -> None:
     """Refuse NaN or inf in a step's merged values (``flat``: all of them), naming the first tensor that has some."""
     if torch.isfinite(flat.sum()) or torch.isfinite(flat).all():  # a finite sum proves them all finite cheaply
         return

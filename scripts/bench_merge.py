@@ -457,6 +457,11 @@ def slope(points: list[Measurement]) -> float | None:
             / sum((p.models - mean_count) ** 2 for p in points))
 
 
+def slope_of(results: list[Measurement], threads: str, variant: str) -> float | None:
+    """The seconds per added model of one variant in one thread row."""
+    return slope([r for r in results if r.threads == threads and r.variant == variant])
+
+
 def seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
@@ -472,8 +477,7 @@ def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goa
         return None if found is None else found.peak_rss_mib
 
     counts = sorted({r.models for r in results})
-    row = [r for r in results if r.threads == threads]
-    own_slope, floor_slope = (slope([r for r in row if r.variant == name]) for name in (variant, FLOOR))
+    own_slope, floor_slope = (slope_of(results, threads, name) for name in (variant, FLOOR))
     prefix = f"[{threads} threads] {variant}:"
     return [
         Goal(f"{prefix} wall / naive at {GOAL_MODEL_COUNT} models", ratio(wall(GOAL_MODEL_COUNT, variant), wall(GOAL_MODEL_COUNT, NAIVE)),
@@ -589,8 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"measurement floor (this parent's peak RSS) {floor:.0f} MiB\n")
     print(results_table(results))
     for threads in THREAD_ROWS:
-        slopes = (f"{variant} {seconds(slope([r for r in results if r.threads == threads and r.variant == variant]))}"
-                  for variant in VARIANTS)
+        slopes = (f"{variant} {seconds(slope_of(results, threads, variant))}" for variant in VARIANTS)
         print(f"\n[{threads} threads] s per added model (slope of wall time against the model count): {', '.join(slopes)}", end="")
     print()
     print(f"\ncard, recipe and plot (after the weights, same process), {card_count} models: {card_wall:.2f} s "

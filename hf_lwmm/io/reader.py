@@ -137,8 +137,7 @@ class SafetensorsSource(TensorSource):
         """One map or read when the tensors lie back to back in one shard with one dtype (as a merge's neighbours do)."""
         entries = [self._entries[name] for name in names]
         first = entries[0]
-        if entries[-1].stop == first.start or any(b.file != first.file or b.start != a.stop or b.info.dtype != first.info.dtype
-                                                   for a, b in zip(entries, entries[1:])):
+        if any(b.file != first.file or b.start != a.stop or b.info.dtype != first.info.dtype for a, b in zip(entries, entries[1:])):
             return super().get_flat(names)
         return self._bytes(entries)
 
