@@ -601,6 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"startup: lwmm-hub --help {help_wall:.2f} s, python -c 'import torch' {torch_wall:.2f} s")
     goals = [goal for threads in THREAD_ROWS for variant in VARIANTS[2:] for goal in goals_of(results, threads, variant)]
     goals.append(Goal("lwmm-hub --help / python -c 'import torch'", help_wall / torch_wall, GOAL_HELP_RATIO))
+    naive = lookup(results, DEFAULT_THREADS, GOAL_MODEL_COUNT, NAIVE)
+    goals.append(Goal(f"python -c 'import torch' / naive at {GOAL_MODEL_COUNT} models (no goal: below this, no merge that imports torch)",
+                      ratio(torch_wall, naive and naive.wall_s), float("inf")))
     print("\n" + goals_table(goals))
     plot(results, plot_path, title=f"{max(args.models)}× SegFormer-{size.name} ({model_mb:.0f} MB each)")
     print(f"\nplot: {plot_path}")
