@@ -134,7 +134,7 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
             for source, names in reads[index + 1] if index + 1 < len(reads) else []:
                 source.prefetch(names[0])
             for tensor, merged in zip(step, _merged(step, plan, reads[index], weights, device)):
-                writer.write(tensor.output.name, merged.to(tensor.output.dtype))
+                writer.write(tensor.output.name, merged)
     return dict(writer.sha256)
 
 
@@ -181,27 +181,29 @@ def _reads_of(step: list[TensorPlan], plan: MergePlan) -> list[tuple[TensorSourc
 
 def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSource, list[str]]],
             weights: dict[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Each tensor of the step merged by its rule (``weights``: by layer), refused if not finite; a run's already in
-    the output dtype (one conversion for the run), a combined tensor's in float32."""
-    if len(step) > 1:  # a run: the flat average of the run's copies, in the output dtype, cut back into each tensor
+    """Each tensor of the step merged by its rule (``weights``: by layer) and refused if not finite, in its output dtype."""
+    output_dtype = step[0].output.dtype  # one for a run (:func:`_run_key`)
+    if len(step) > 1:  # a run: the flat average of the run's copies, converted once, cut back into each tensor
         flat = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[step[0].layer])
-        sizes = [each.output.numel for each in step]
-        _check_finite(step, flat, flat.split(sizes), plan)
-        return [part.view(tensor.output.shape) for part, tensor in zip(flat.to(step[0].output.dtype).split(sizes), step)]
+        _check_finite(step, flat, plan)
+        parts = flat.to(output_dtype).split([tensor.output.numel for tensor in step])
+        return [part.view(tensor.output.shape) for part, tensor in zip(parts, step)]
     tensor = step[0]
     copies = (source.get(names[0]).to(device) for source, names in reads)
     if tensor.rule is Rule.ANCHOR:
-        return [next(copies)]
+        return [next(copies).to(output_dtype)]
     combined = _combine(tensor, plan, copies, weights[tensor.layer])
-    _check_finite(step, combined, [combined], plan)
-    return [combined]
+    _check_finite(step, combined, plan)
+    return [combined.to(output_dtype)]
 
 
-def _check_finite(step: list[TensorPlan], flat: torch.Tensor, merged: Sequence[torch.Tensor], plan: MergePlan) -> None:
-    """Refuse NaN or inf in a step's merged values (``flat``: all of them), naming the first tensor that has some."""
-    if torch.isfinite(flat.sum()) or torch.isfinite(flat).all():  # a finite sum proves them all finite cheaply
+def _check_finite(step: list[TensorPlan], merged: torch.Tensor, plan: MergePlan) -> None:
+    """Refuse NaN or inf in a step's merged values (``merged``: all of them, in the step's order), naming the first
+    tensor that has some."""
+    if torch.isfinite(merged.sum()) or torch.isfinite(merged).all():  # a finite sum proves them all finite cheaply
         return
-    tensor = next(tensor for tensor, values in zip(step, merged) if not torch.isfinite(values).all())
+    parts = merged.reshape(-1).split([tensor.output.numel for tensor in step])
+    tensor = next(tensor for tensor, values in zip(step, parts) if not torch.isfinite(values).all())
     raise CorruptWeightsError(f"merged tensor {tensor.output.name!r} has NaN or inf values: check the inputs ({', '.join(plan.labels)})")
 
 
