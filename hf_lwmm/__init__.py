@@ -19,8 +19,10 @@ import gc
 #: the package's version (pyproject.toml reads it from here; no metadata lookup at import)
 __version__ = "0.1.0"
 
-# Importing torch and pydantic makes hundreds of thousands of objects that live as long as the process; the garbage
-# collector's passes over them while they are imported find nothing and cost 0.16 s: they wait until the import is done.
+# Importing torch and pydantic makes hundreds of thousands of objects that live as long as the process. The garbage
+# collector's passes over them while they are imported find nothing and cost 0.16 s, so it waits until the import is
+# done. Then, instead of one 0.08 s pass of the youngest generation over them all, they go straight to the oldest
+# (gc.unfreeze puts the frozen objects there), unless the caller has frozen objects of their own to keep frozen.
 _collecting = gc.isenabled()
 gc.disable()
 try:
@@ -30,6 +32,9 @@ try:
     from hf_lwmm.recipe import MergeRecipe, RunOptions, load_recipe
     from hf_lwmm.result import MergeResult
 finally:
+    if not gc.get_freeze_count():
+        gc.freeze()
+        gc.unfreeze()
     if _collecting:
         gc.enable()
 

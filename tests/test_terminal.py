@@ -78,6 +78,29 @@ def test_only_the_program_freezes_its_imports_for_the_garbage_collector(tiny_mod
     assert main() == 0 and freezes == [0]
 
 
+#: run in a fresh interpreter: the objects left in the two younger generations (which every collection passes over)
+#: and the frozen ones, before and after ``import hf_lwmm``
+IMPORT_PROBE = """
+import gc
+{before}
+young = lambda: len(gc.get_objects(generation=0)) + len(gc.get_objects(generation=1))
+print(gc.get_freeze_count())
+import hf_lwmm
+print(young(), gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("caller_froze", [False, True])
+def test_importing_puts_its_objects_in_the_oldest_generation_and_leaves_the_callers_frozen_ones(caller_froze):
+    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE.format(before="gc.freeze()" if caller_froze else "")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    frozen_before, young, frozen = map(int, done.stdout.split())
+    if caller_froze:  # nothing of the import added to the caller's frozen objects, none of theirs thawed
+        assert 0 < frozen <= frozen_before
+    else:  # torch's and pydantic's ~270,000 objects are not where the collector's frequent passes go
+        assert frozen == 0 and young < 10_000
+
+
 def test_quiet_demo_prints_only_the_result_table(tmp_path):
     done = run("demo", "-q", "--methods", "isotropic", "-o", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
