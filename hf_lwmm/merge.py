@@ -1,8 +1,8 @@
 """Execute a merge plan: stream tensor by tensor → write → configs → card, recipe and plot.
 
 :func:`execute` is one streaming loop over :attr:`MergePlan.tensors <hf_lwmm.plan.MergePlan.tensors>`:
-read each model's copy, combine by the tensor's rule, write (small neighbours averaged alike are read
-and combined as one flat run). Everything goes into a staging folder
+read each model's copy, combine by the tensor's rule, write (small neighbours averaged alike are read,
+combined and written as one flat run). Everything goes into a staging folder
 beside the output (:func:`hf_lwmm.io.output.staged_folder`), renamed into place only when complete, so a
 failed or killed merge leaves nothing half-written. :func:`merge` is check the output + plan + execute.
 
@@ -119,7 +119,8 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
     Each copy is a copy-on-write map of its bytes in the model's file, or, if small, read into memory of its own
     (:meth:`~hf_lwmm.io.reader.SafetensorsSource.get`); either is freed with the copy, so memory does not grow with
     the number of models, and the next step's copies are prefetched while this one is combined. Small neighbours
-    averaged alike are one step (:func:`_steps`).
+    averaged alike are one step (:func:`_steps`), written with one call (8×B5, in-process, median of 5, 3 rounds:
+    written one by one, 1.10–1.28 s; as runs, 0.99–1.14 s).
     """
     # one weight tensor per layer, prepared once (not once per tensor)
     weights = {entry.layer: torch.tensor(entry.weights, dtype=torch.float32, device=device) for entry in plan.layer_weights}
@@ -133,8 +134,7 @@ def write_weights(plan: MergePlan, folder: Path, *, device: torch.device, progre
             bar.update(len(step))
             for source, names in reads[index + 1] if index + 1 < len(reads) else []:
                 source.prefetch(names[0])
-            for tensor, merged in zip(step, _merged(step, plan, reads[index], weights, device)):
-                writer.write(tensor.output.name, merged)
+            writer.write([tensor.output.name for tensor in step], _merged(step, plan, reads[index], weights, device))
     return dict(writer.sha256)
 
 
@@ -180,21 +180,21 @@ def _reads_of(step: list[TensorPlan], plan: MergePlan) -> list[tuple[TensorSourc
 
 
 def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSource, list[str]]],
-            weights: dict[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Each tensor of the step merged by its rule (``weights``: by layer) and refused if not finite, in its output dtype."""
+            weights: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The step's tensor merged by its rule (``weights``: by layer), or a run's tensors averaged as one flat tensor of
+    their elements back to back; refused if not finite, in the output dtype."""
     output_dtype = step[0].output.dtype  # one for a run (:func:`_run_key`)
-    if len(step) > 1:  # a run: the flat average of the run's copies, converted once, cut back into each tensor
+    if len(step) > 1:
         flat = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[step[0].layer])
         _check_finite(step, flat, plan)
-        parts = flat.to(output_dtype).split([tensor.output.numel for tensor in step])
-        return [part.view(tensor.output.shape) for part, tensor in zip(parts, step)]
+        return flat.to(output_dtype)
     tensor = step[0]
     copies = (source.get(names[0]).to(device) for source, names in reads)
     if tensor.rule is Rule.ANCHOR:
-        return [next(copies).to(output_dtype)]
+        return next(copies).to(output_dtype)
     combined = _combine(tensor, plan, copies, weights[tensor.layer])
     _check_finite(step, combined, plan)
-    return [combined.to(output_dtype)]
+    return combined.to(output_dtype)
 
 
 def _check_finite(step: list[TensorPlan], merged: torch.Tensor, plan: MergePlan) -> None:

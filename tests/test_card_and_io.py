@@ -90,7 +90,7 @@ def test_writer_streams_exact_bytes(tmp_path, tensor_access):
     plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
     with ShardedSafetensorsWriter(tmp_path, plan) as writer:
         for name, tensor in tensors.items():
-            writer.write(name, tensor)
+            writer.write([name], tensor)
     loaded = load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     before = sha256_of(tmp_path / "model.safetensors")
@@ -116,7 +116,7 @@ def test_neighbours_read_flat_are_their_elements_back_to_back(tmp_path, tensor_a
                "half": torch.tensor([1.5, 2.5], dtype=torch.float16), "d": torch.tensor([-1.0, -2.0])}
     with ShardedSafetensorsWriter(tmp_path, [TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]) as writer:
         for name, tensor in tensors.items():
-            writer.write(name, tensor)
+            writer.write([name], tensor)
     source = open_weights(tmp_path, label="x")
     spans = []
     monkeypatch.setattr(source, "_bytes", lambda entries: spans.append([e.info.name for e in entries]) or type(source)._bytes(source, entries))
@@ -148,6 +148,30 @@ def test_a_tensor_not_aligned_in_its_file_reads_right(tmp_path, tensor_access):
     assert torch.equal(source.get("values"), values) and source.get("flag").tolist() == [7]
 
 
+def test_a_run_of_tensors_written_at_once_makes_the_files_of_writes_one_by_one(tmp_path):
+    """A run is one write, split where a shard ends; the writer refuses tensors off the plan."""
+    tensors = {f"t{i}": torch.arange(i * 3, dtype=torch.float32) - i for i in range(6)}  # 0, 12, …, 60 bytes
+    plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    for folder in ("one", "run", "refused"):
+        (tmp_path / folder).mkdir()
+    with ShardedSafetensorsWriter(tmp_path / "one", plan, max_shard_size=60) as one:
+        for name, tensor in tensors.items():
+            one.write([name], tensor)
+    with ShardedSafetensorsWriter(tmp_path / "run", plan, max_shard_size=60) as run:
+        run.write(["t0", "t1", "t2", "t3"], torch.cat([tensors[f"t{i}"] for i in range(4)]))  # shards t0–t2 | t3
+        run.write(["t4", "t5"], torch.cat([tensors["t4"], tensors["t5"]]))  # t4 | t5
+    assert len(one.sha256) == 4 and run.sha256 == one.sha256
+    assert all(sha256_of(tmp_path / "run" / name) == digest for name, digest in run.sha256.items())
+    with pytest.raises(RuntimeError, match="closed before every planned tensor was written"):
+        with ShardedSafetensorsWriter(tmp_path / "refused", plan, max_shard_size=60) as refusing:
+            with pytest.raises(RuntimeError, match=r"are torch.float32\(1, 3\), planned torch.float32\(0,\), torch.float32\(3,\)"):
+                refusing.write(["t0", "t1"], tensors["t1"].reshape(1, 3))
+            with pytest.raises(RuntimeError, match=r"'t3' written out of the planned order \(expected 't2'\)"):
+                refusing.write(["t3"], tensors["t3"])
+            with pytest.raises(RuntimeError, match=r"are torch.float64\(9,\), planned torch.float32\(9,\)"):
+                refusing.write(["t3"], tensors["t3"].double())
+
+
 @pytest.mark.parametrize(("step", "chunk"), [(1, 3), (8, 5), (1 << 24, 1 << 20)])
 def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path, monkeypatch, step, chunk):
     from hf_lwmm.io import writer as writer_module
@@ -158,6 +182,6 @@ def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path
     plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
     with ShardedSafetensorsWriter(tmp_path, plan, max_shard_size=60) as writer:
         for name, tensor in tensors.items():
-            writer.write(name, tensor)
+            writer.write([name], tensor)
     files = sorted(tmp_path.glob("*.safetensors"))
     assert len(files) > 1 and writer.sha256 == {file.name: sha256_of(file) for file in files}

@@ -26,8 +26,8 @@ BLOCKED_MERGE = textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from hf_lwmm.io import writer
     write = writer.ShardedSafetensorsWriter.write
-    def blocked(self, name, tensor):
-        write(self, name, tensor)
+    def blocked(self, names, data):
+        write(self, names, data)
         print("writing", flush=True)
         time.sleep(120)
     writer.ShardedSafetensorsWriter.write = blocked

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -79,7 +80,7 @@ def shard_layout(infos: list[TensorInfo], max_shard_bytes: int) -> list[tuple[st
 class ShardedSafetensorsWriter:
     """Write tensors in a planned order into one or more safetensors files.
 
-    Use as a context manager; call :meth:`write` once per planned tensor, in order.
+    Use as a context manager; call :meth:`write` with the planned tensors in order, one or a run of them at a time.
     ``sha256`` maps each written file name to the hash of its bytes, computed while writing.
     """
 
@@ -111,19 +112,30 @@ class ShardedSafetensorsWriter:
         if exc_type is None:
             self._finish()
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected = next(self._expected, None)
-        if expected is None or expected.name != name:
-            raise RuntimeError(f"tensor {name!r} written out of the planned order (expected {expected and expected.name!r})")
-        if tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
-            raise RuntimeError(f"tensor {name!r} is {tensor.dtype}{tuple(tensor.shape)}, planned {expected.dtype}{expected.shape}")
-        if not self._shard_left:
-            self._open_next_shard()
-        self._shard_left.pop(0)
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._emit(data.data)
-        if not self._shard_left:
-            self._close_shard()
+    def write(self, names: Sequence[str], data: torch.Tensor) -> None:
+        """Write the next planned tensors, ``names`` in order, whose elements ``data`` holds back to back: one
+        tensor in its planned shape, or several of one dtype as one 1-D tensor (one write, split only where a
+        shard ends)."""
+        infos = []
+        for name in names:
+            expected = next(self._expected, None)
+            if expected is None or expected.name != name:
+                raise RuntimeError(f"tensor {name!r} written out of the planned order (expected {expected and expected.name!r})")
+            infos.append(expected)
+        shape = infos[0].shape if len(infos) == 1 else (sum(info.numel for info in infos),)
+        if any(info.dtype != data.dtype for info in infos) or tuple(data.shape) != shape:
+            planned = ", ".join(f"{info.dtype}{info.shape}" for info in infos)
+            raise RuntimeError(f"tensors {list(names)} are {data.dtype}{tuple(data.shape)}, planned {planned}")
+        raw = data.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data
+        while infos:
+            if not self._shard_left:
+                self._open_next_shard()
+            count = min(len(infos), len(self._shard_left))  # the shard's next planned tensors are these
+            size = sum(info.nbytes for info in infos[:count])
+            self._emit(raw[:size])
+            raw, infos, self._shard_left = raw[size:], infos[count:], self._shard_left[count:]
+            if not self._shard_left:
+                self._close_shard()
 
     def _open_next_shard(self) -> None:
         file_name, shard = self._queue.pop(0)
@@ -152,6 +164,15 @@ class ShardedSafetensorsWriter:
                                                      self._written - self._handed))
             self._handed = self._written
 
+    def _hash_range(self, digest: hashlib._Hash, fileno: int, start: int, size: int) -> None:
+        """Feed ``size`` bytes of the open file from ``start`` into ``digest`` (on the hash thread, in order)."""
+        while size:
+            chunk = self._hash_buffer[:min(size, _HASH_CHUNK)]
+            if read_at(fileno, chunk, start) != len(chunk):
+                raise OSError(f"{self._file_name}: could not read back the {size} bytes written at offset {start}")
+            digest.update(chunk)
+            start, size = start + len(chunk), size - len(chunk)
+
     def _close_shard(self) -> None:
         assert self._handle is not None
         self._hand_to_hash()
@@ -168,13 +189,3 @@ class ShardedSafetensorsWriter:
         if len(self.sha256) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self._weight_map.items()))}
             (self.folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-
-
-    def _hash_range(self, digest: hashlib._Hash, fileno: int, start: int, size: int) -> None:
-        """Feed ``size`` bytes of the open file from ``start`` into ``digest`` (on the hash thread, in order)."""
-        while size:
-            chunk = self._hash_buffer[:min(size, _HASH_CHUNK)]
-            if read_at(fileno, chunk, start) != len(chunk):
-                raise OSError(f"{self._file_name}: could not read back the {size} bytes written at offset {start}")
-            digest.update(chunk)
-            start, size = start + len(chunk), size - len(chunk)
