@@ -172,12 +172,13 @@ def test_a_run_of_tensors_written_at_once_makes_the_files_of_writes_one_by_one(t
                 refusing.write(["t3"], tensors["t3"].double())
 
 
-@pytest.mark.parametrize(("step", "chunk"), [(1, 3), (8, 5), (1 << 24, 1 << 20)])
-def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path, monkeypatch, step, chunk):
+@pytest.mark.parametrize(("step", "chunk", "piece"), [(1, 3, 5), (8, 5, 1 << 18), (1 << 24, 1 << 20, 7)])
+def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path, monkeypatch, step, chunk, piece):
     from hf_lwmm.io import writer as writer_module
 
     monkeypatch.setattr(writer_module, "_HASH_STEP", step)  # bytes handed to the hash thread at once
     monkeypatch.setattr(writer_module, "_HASH_CHUNK", chunk)  # bytes it reads back at once
+    monkeypatch.setattr(writer_module, "_WRITE_CHUNK", piece)  # bytes written per system call
     tensors = {f"t{i}": torch.arange(i * 7, dtype=torch.float32) for i in range(6)}
     plan = [TensorInfo(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
     with ShardedSafetensorsWriter(tmp_path, plan, max_shard_size=60) as writer:
@@ -185,3 +186,5 @@ def test_the_writer_hashes_what_is_in_the_file_however_it_hands_it_over(tmp_path
             writer.write([name], tensor)
     files = sorted(tmp_path.glob("*.safetensors"))
     assert len(files) > 1 and writer.sha256 == {file.name: sha256_of(file) for file in files}
+    loaded = {name: tensor for file in files for name, tensor in load_file(file).items()}
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
