@@ -118,8 +118,8 @@ class ShardedSafetensorsWriter:
 
     def write(self, names: Sequence[str], data: torch.Tensor) -> None:
         """Write the next planned tensors, ``names`` in order, whose elements ``data`` holds back to back: one
-        tensor in its planned shape, or several of one dtype as one 1-D tensor (one write, split only where a
-        shard ends)."""
+        tensor in its planned shape, or several of one dtype as one 1-D tensor (cut only where a shard ends, and
+        written in pieces of :data:`_WRITE_CHUNK` bytes)."""
         infos = []
         for name in names:
             expected = next(self._expected, None)
