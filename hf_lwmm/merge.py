@@ -183,18 +183,16 @@ def _merged(step: list[TensorPlan], plan: MergePlan, reads: list[tuple[TensorSou
             weights: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """The step's tensor merged by its rule (``weights``: by layer), or a run's tensors averaged as one flat tensor of
     their elements back to back; refused if not finite, in the output dtype."""
-    output_dtype = step[0].output.dtype  # one for a run (:func:`_run_key`)
+    tensor, output_dtype = step[0], step[0].output.dtype  # one dtype for a run (:func:`_run_key`)
     if len(step) > 1:
-        flat = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[step[0].layer])
-        _check_finite(step, flat, plan)
-        return flat.to(output_dtype)
-    tensor = step[0]
-    copies = (source.get(names[0]).to(device) for source, names in reads)
-    if tensor.rule is Rule.ANCHOR:
-        return next(copies).to(output_dtype)
-    combined = _combine(tensor, plan, copies, weights[tensor.layer])
-    _check_finite(step, combined, plan)
-    return combined.to(output_dtype)
+        merged = weighted_average((source.get_flat(names).to(device) for source, names in reads), weights[tensor.layer])
+    else:
+        copies = (source.get(names[0]).to(device) for source, names in reads)
+        if tensor.rule is Rule.ANCHOR:
+            return next(copies).to(output_dtype)
+        merged = _combine(tensor, plan, copies, weights[tensor.layer])
+    _check_finite(step, merged, plan)
+    return merged.to(output_dtype)
 
 
 def _check_finite(step: list[TensorPlan], merged: torch.Tensor, plan: MergePlan) -> None:

@@ -94,7 +94,7 @@ class ShardedSafetensorsWriter:
         self.metadata = {"format": "pt", **(metadata or {})}
         self._queue = shard_layout(plan, parse_size(max_shard_size))
         self._expected = iter([info for _, shard in self._queue for info in shard])
-        self._shard_left: list[TensorInfo] = []
+        self._left_in_shard = 0  # planned tensors the open shard still takes
         self._handle: BinaryIO | None = None
         self._written = self._handed = 0  # bytes written to the open shard, and handed to the hash thread
         self._hash = hashlib.sha256()
@@ -132,19 +132,19 @@ class ShardedSafetensorsWriter:
             raise RuntimeError(f"tensors {list(names)} are {data.dtype}{tuple(data.shape)}, planned {planned}")
         raw = data.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data
         while infos:
-            if not self._shard_left:
+            if not self._left_in_shard:
                 self._open_next_shard()
-            count = min(len(infos), len(self._shard_left))  # the shard's next planned tensors are these
+            count = min(len(infos), self._left_in_shard)  # the shard's next planned tensors are these
             size = sum(info.nbytes for info in infos[:count])
             self._emit(raw[:size])
-            raw, infos, self._shard_left = raw[size:], infos[count:], self._shard_left[count:]
-            if not self._shard_left:
+            raw, infos, self._left_in_shard = raw[size:], infos[count:], self._left_in_shard - count
+            if not self._left_in_shard:
                 self._close_shard()
 
     def _open_next_shard(self) -> None:
         file_name, shard = self._queue.pop(0)
         self._file_name = file_name
-        self._shard_left = list(shard)
+        self._left_in_shard = len(shard)
         self._handle = open(self.folder / file_name, "w+b", buffering=0)  # unbuffered: what is written is in the file, to read back
         self._written = self._handed = 0
         self._hash = hashlib.sha256()
