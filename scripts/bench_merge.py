@@ -18,7 +18,8 @@ against the model count, vs the floor's; peak RSS vs naive and at the most vs th
 cost of the card, recipe and plot (written after the weights, in the merge's process) as its own row,
 and ``lwmm-hub --help`` against ``python -c "import torch"`` (and at 4 models, lwmm's time beside torch's import
 against the time the 0.8× target leaves it); then PASS/FAIL against the goals of the
-merge engine at the default thread count (exit status 1 if one fails), and saves a plot.
+merge engine (exit status 1 if one fails: they are judged at the default thread count on the re-merges; the 1-thread
+row and the first merge, which also hashes every source, are held to the same limits and reported), and saves a plot.
 
 Why the measurements can be trusted:
 
@@ -49,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 WEIGHTS_NAME = "model.safetensors"
@@ -123,12 +124,15 @@ class Goal:
     description: str
     ratio: float | None
     limit: float
+    #: whether the exit status depends on it: the goals are judged at the default thread count on re-merges; the
+    #: 1-thread row and the first merge (which also hashes every source, work naive does not do) are reported
+    judged: bool = True
 
     @property
     def verdict(self) -> str:
         if self.ratio is None:
             return "n/a"
-        return "PASS" if self.ratio <= self.limit else "FAIL"
+        return ("PASS" if self.ratio <= self.limit else "FAIL") + ("" if self.judged else " (reported, not judged)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,7 +505,7 @@ def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goa
     counts = sorted({r.models for r in results})
     own_slope, floor_slope = (slope_of(results, threads, name) for name in (variant, FLOOR))
     prefix = f"[{threads} threads] {variant}:"
-    return [
+    goals = [
         Goal(f"{prefix} wall / naive at {GOAL_MODEL_COUNT} models", ratio(wall(GOAL_MODEL_COUNT, variant), wall(GOAL_MODEL_COUNT, NAIVE)),
              GOAL_WALL_RATIO),
         Goal(f"{prefix} wall / naive at {GOAL_MODEL_COUNT} models (target)",
@@ -517,11 +521,14 @@ def goals_of(results: list[Measurement], threads: str, variant: str) -> list[Goa
         Goal(f"{prefix} peak RSS at {counts[-1]} / at {counts[0]} models",
              ratio(rss(counts[-1], variant), rss(counts[0], variant)) if len(counts) > 1 else None, GOAL_RSS_GROWTH),
     ]
+    judged = threads == DEFAULT_THREADS and variant != FIRST_MERGE
+    return [replace(goal, judged=judged) for goal in goals]
 
 
 def results_table(results: list[Measurement]) -> str:
-    lines = [f"{'threads':>7}  {'models':>6}  {'variant':<16} {'wall s':>8} {'peak RSS MiB':>13}"]
-    lines += [f"{r.threads:>7}  {r.models:>6}  {r.variant:<16} {r.wall_s:>8.2f} {r.peak_rss_mib:>13.0f}" for r in results]
+    width = max(len(variant) for variant in VARIANTS)
+    lines = [f"{'threads':>7}  {'models':>6}  {'variant':<{width}} {'wall s':>8} {'peak RSS MiB':>13}"]
+    lines += [f"{r.threads:>7}  {r.models:>6}  {r.variant:<{width}} {r.wall_s:>8.2f} {r.peak_rss_mib:>13.0f}" for r in results]
     return "\n".join(lines)
 
 
@@ -627,8 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + goals_table(goals))
     plot(results, plot_path, title=f"{max(args.models)}× SegFormer-{size.name} ({model_mb:.0f} MB each)")
     print(f"\nplot: {plot_path}")
-    judged = [goal for goal in goals if not goal.description.startswith("[") or goal.description.startswith(f"[{DEFAULT_THREADS} ")]
-    return 0 if all(goal.verdict != "FAIL" for goal in judged) else 1
+    return 0 if all(goal.verdict != "FAIL" for goal in goals if goal.judged) else 1
 
 
 if __name__ == "__main__":
