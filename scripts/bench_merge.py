@@ -132,7 +132,7 @@ class Goal:
     def verdict(self) -> str:
         if self.ratio is None:
             return "n/a"
-        return ("PASS" if self.ratio <= self.limit else "FAIL") + ("" if self.judged else " (reported, not judged)")
+        return "PASS" if self.ratio <= self.limit else "FAIL"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -535,11 +535,15 @@ def results_table(results: list[Measurement]) -> str:
 
 def goals_table(goals: list[Goal]) -> str:
     width = max(len(goal.description) for goal in goals)
-    return "\n".join(
-        f"{goal.description:<{width}}  {'n/a' if goal.ratio is None else f'{goal.ratio:.2f}':>5}"
-        + ("" if goal.limit == float("inf") else f" (goal ≤ {goal.limit:.2f})  {goal.verdict}")
-        for goal in goals
-    )
+    return "\n".join(f"{goal.description:<{width}}  {'n/a' if goal.ratio is None else f'{goal.ratio:.2f}':>5}{_judgement(goal)}"
+                     for goal in goals)
+
+
+def _judgement(goal: Goal) -> str:
+    """The limit and verdict after a goal's ratio (nothing for a figure with no goal)."""
+    if goal.limit == float("inf"):
+        return ""
+    return f" (goal ≤ {goal.limit:.2f})  {goal.verdict}" + ("" if goal.judged else " (reported, not judged)")
 
 
 def plot(results: list[Measurement], path: Path, *, title: str) -> None:
